@@ -1,0 +1,261 @@
+"""Configuration: YAML plus `--set key=value`, validated into dataclasses.
+
+Every command reads the same `Config`. Loading is strict: an unknown key, a
+value of the wrong type or an unreadable file raises `ConfigError` naming
+the file and the dotted key, before any work starts. A run directory keeps
+the resolved config (`to_yaml`) so it can be resumed from that file alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from netadapt.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "ExecutorConfig",
+    "LutConfig",
+    "MeasureConfig",
+    "ModelConfig",
+    "SearchConfig",
+    "TargetConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "from_dict",
+    "load_config",
+    "to_dict",
+]
+
+
+@dataclass
+class ModelConfig:
+    preset: Literal["large", "small"] = "large"
+    width: float = 1.0  # torchvision-style width multiplier applied to the preset
+    spec: str | None = None  # a spec YAML file; overrides preset and width
+    checkpoint: str | None = None  # trained base weights; None: train on first use and cache
+
+
+@dataclass
+class DataConfig:
+    # "embedded": the Fashion-MNIST subset shipped in the package (no download).
+    dataset: Literal["embedded", "fashion-mnist", "cifar10", "folder"] = "embedded"
+    path: str | None = None  # folder holding the dataset files (not for "embedded")
+    resolution: int = 32  # images are resized to resolution x resolution
+    channels: Literal[1, 3] = 1  # 1: grayscale, 3: RGB; the model's in_channels follows
+    mean: list[float] = field(default_factory=lambda: [0.5])  # per channel, after scaling to [0, 1]
+    std: list[float] = field(default_factory=lambda: [0.5])
+    holdout: int = 1000  # images carved from the training set for NetAdapt's decisions
+    split_seed: int = 0  # fixes the holdout split independently of the training seed
+
+
+@dataclass
+class TargetConfig:
+    # "local" measures in this process; "remote://HOST:PORT" on a device server.
+    device: str = "local"
+    provider: str = "CPUExecutionProvider"
+    threads: int = 1  # intra-op threads; 1 is the usual mobile-like setting
+    inter_op_threads: int = 1
+    optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    batch: int = 1  # batch size of the measured input
+
+
+@dataclass
+class MeasureConfig:
+    warmup_runs: int = 10
+    min_runs: int = 30  # time at least this many runs ...
+    min_seconds: float = 0.5  # ... and for at least this long
+    max_runs: int = 10_000  # upper bound for very fast models
+
+
+@dataclass
+class LutConfig:
+    table: str | None = None  # table file; default: one per target fingerprint under runs/luts/
+    granularity: int = 8  # channel counts stay multiples of this (x86 NCHWc blocking)
+    min_channels: int = 8  # no prunable group goes below this
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1500  # optimiser steps for the base network
+    batch_size: int = 128
+    lr: float = 0.1  # peak learning rate (SGD with Nesterov momentum, cosine decay)
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    label_smoothing: float = 0.0
+    finetune_lr: float = 0.01  # constant LR of NetAdapt's short-term fine-tunes
+    eval_batch_size: int = 512
+    threads: int = 0  # torch intra-op threads for training; 0: torch's default
+
+
+@dataclass
+class SearchConfig:
+    budget_ms: float | None = None  # absolute latency budget
+    budget_ratio: float | None = None  # or a fraction of the base network's latency
+    # NetAdapt schedule: dR_i = initial_reduction * base_latency * decay**i
+    initial_reduction: float = 0.025
+    decay: float = 0.96
+    finetune_steps: int = 100  # short-term fine-tune per candidate
+    long_finetune_steps: int = 0  # after the search; 0 skips it
+    selection: Literal["accuracy", "accuracy_per_latency"] = "accuracy"
+    max_iterations: int = 100
+    measure_every_candidate: bool = False  # also measure losing candidates' whole-model latency
+
+
+@dataclass
+class ExecutorConfig:
+    kind: Literal["local", "ray"] = "local"
+    ray_address: str | None = None  # None starts a local Ray cluster
+    cpus_per_candidate: float = 1.0
+    gpus_per_candidate: float = 0.0
+    max_retries: int = 2  # a dead worker's candidate is retried this often, then recorded as failed
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    lut: LutConfig = field(default_factory=LutConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(to_dict(self), sort_keys=False)
+
+
+# --------------------------------------------------------------------- loading
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type, data: Any, where: str = "", source: str = "config") -> Any:
+    """Build dataclass `cls` from a mapping, checking every key and type.
+
+    Args:
+        cls: the dataclass type.
+        data: the mapping (e.g. parsed YAML).
+        where: dotted prefix of `data` inside the whole config, for messages.
+        source: the file (or "--set") the data came from, for messages.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {where or 'top level'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"{source}: unknown key {key!r}; valid keys here are {sorted(fields)}")
+    values = {}
+    for name, value in data.items():
+        key = f"{where}.{name}" if where else name
+        values[name] = _coerce(hints[name], value, key, source)
+    return cls(**values)
+
+
+def _coerce(annotation: Any, value: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation):
+        return from_dict(annotation, value, key, source)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(option, value, key, source)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{source}: {key}: {value!r} matches none of {args}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{source}: {key} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+        return [_coerce(args[0], item, f"{key}[{i}]", source) for i, item in enumerate(value)]
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"config type {annotation!r} of {key} is not supported")  # a bug, not user error
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.sub=value` strings to a nested mapping; values are parsed as YAML scalars."""
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"--set {override!r}: expected key=value, e.g. --set train.steps=200")
+        dotted, raw = override.split("=", 1)
+        parts = dotted.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"--set {override!r}: empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {override!r}: value is not valid YAML: {error}") from None
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {override!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a `Config` from an optional YAML file plus `--set` overrides.
+
+    Keys not given keep their defaults. Overrides are applied on top of the file
+    and validated together with it.
+    """
+    data = read_yaml_mapping(path) if path is not None else {}
+    source = str(path) if path is not None else "config"
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source = f"{source} with --set" if path is not None else "--set"
+    return from_dict(Config, data, source=source)

@@ -1,0 +1,61 @@
+import pytest
+
+from netadapt.config import Config, apply_overrides, load_config
+from netadapt.errors import ConfigError
+
+
+def test_defaults_load_without_a_file():
+    config = load_config()
+    assert config == Config()
+
+
+def test_file_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 3\ntrain:\n  steps: 50\nmodel:\n  preset: small\n")
+    config = load_config(path, ["train.lr=0.5", "search.budget_ms=12", "data.mean=[0.1]"])
+    assert config.seed == 3 and config.train.steps == 50 and config.model.preset == "small"
+    assert config.train.lr == 0.5 and config.search.budget_ms == 12.0 and config.data.mean == [0.1]
+
+
+def test_resolved_config_round_trips(tmp_path):
+    config = load_config(None, ["train.steps=7", "target.threads=2"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(config.to_yaml())
+    assert load_config(path) == config
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.stepz=3"], "unknown key 'train.stepz'"),
+        (["nonsense=1"], "unknown key 'nonsense'"),
+        (["train.steps=many"], "train.steps must be an integer, got 'many'"),
+        (["train.steps=1.5"], "train.steps must be an integer"),
+        (["model.preset=huge"], r"model.preset must be one of \['large', 'small'\]"),
+        (["search.measure_every_candidate=3"], "must be true or false"),
+        (["data.mean=0.5"], "data.mean must be a list"),
+        (["train"], "expected key=value"),
+        (["train=3"], "train must be a mapping"),
+    ],
+)
+def test_bad_overrides_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_bad_files_name_the_file(tmp_path):
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ConfigError, match=f"{missing}: config file not found"):
+        load_config(missing)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match=f"{broken}: not valid YAML"):
+        load_config(broken)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("train:\n  batch_size: big\n")
+    with pytest.raises(ConfigError, match=f"{wrong}: train.batch_size must be an integer"):
+        load_config(wrong)
+
+
+def test_apply_overrides_builds_nested_sections():
+    assert apply_overrides({}, ["a.b.c=1", "a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}
