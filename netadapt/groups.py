@@ -28,7 +28,15 @@ from typing import Literal
 
 from mobilenetv3 import BlockSpec, NetSpec, make_divisible
 
-__all__ = ["ChannelGroup", "candidate_widths", "prunable_groups", "se_squeeze_for", "with_width"]
+__all__ = [
+    "STEM",
+    "ChannelGroup",
+    "candidate_widths",
+    "prunable_groups",
+    "require_group_of",
+    "se_squeeze_for",
+    "with_width",
+]
 
 STEM = -1  # producer index of the stem conv in `ChannelGroup.producers`
 
@@ -83,10 +91,13 @@ def prunable_groups(spec: NetSpec, min_channels: int = 8, granularity: int = 8) 
     if min_channels < 1 or granularity < 1:
         raise ValueError(f"min_channels and granularity must be >= 1, got {min_channels}, {granularity}")
     groups: list[ChannelGroup] = []
-    bottlenecks = {tuple(p): p for p in _bottleneck_sets(spec)}
-    # Order: each bottleneck before the expanded groups of the blocks it feeds.
-    first_producer = {p[0]: p for p in bottlenecks.values()}
+    # Network order: a group comes where its channels are first written, so
+    # block i's expanded group precedes the bottleneck its projection starts.
+    first_producer = {producers[0]: producers for producers in _bottleneck_sets(spec)}
     for index in [STEM, *range(len(spec.blocks))]:
+        if index >= 0 and spec.blocks[index].has_expansion:
+            width = spec.blocks[index].expanded
+            groups.append(ChannelGroup(f"expanded[{index}]", "expanded", (index,), width, min_channels, granularity))
         if index in first_producer:
             producers = first_producer[index]
             width = spec.stem if producers[0] == STEM else spec.blocks[producers[0]].out
@@ -94,9 +105,6 @@ def prunable_groups(spec: NetSpec, min_channels: int = 8, granularity: int = 8) 
             groups.append(
                 ChannelGroup(f"bottleneck[{label}]", "bottleneck", tuple(producers), width, min_channels, granularity)
             )
-        if index >= 0 and spec.blocks[index].has_expansion:
-            width = spec.blocks[index].expanded
-            groups.append(ChannelGroup(f"expanded[{index}]", "expanded", (index,), width, min_channels, granularity))
     groups.append(ChannelGroup("last_conv", "last_conv", (), spec.last_conv, min_channels, granularity))
     groups.append(ChannelGroup("head", "head", (), spec.head_hidden, min_channels, granularity))
     return groups
@@ -112,7 +120,16 @@ def candidate_widths(group: ChannelGroup) -> list[int]:
 
 
 def with_width(spec: NetSpec, group: ChannelGroup, width: int) -> NetSpec:
-    """The spec after cutting `group` to `width` channels (architecture only, no weights)."""
+    """The spec after cutting `group` to `width` channels (architecture only, no weights).
+
+    Args:
+        spec: the network `group` was enumerated from.
+        group: one of `prunable_groups(spec, ...)`; a group kept from before an
+            earlier cut is stale and refused, since its width no longer bounds
+            the cut.
+        width: the new channel count, in [1, group.width].
+    """
+    require_group_of(spec, group)
     if width < 1 or width > group.width:
         raise ValueError(f"{group.name}: width must be in [1, {group.width}], got {width}")
     if group.kind == "head":
@@ -133,6 +150,27 @@ def with_width(spec: NetSpec, group: ChannelGroup, width: int) -> NetSpec:
         for consumer in _consumers_without_expansion(spec, list(group.producers)):
             blocks[consumer] = _with_expanded(blocks[consumer], width)
     return spec.replace(stem=stem, blocks=tuple(blocks))
+
+
+def require_group_of(spec: NetSpec, group: ChannelGroup) -> None:
+    """Raise ValueError unless `group` is a current group of `spec`.
+
+    Groups are values: after a cut, the cut group's width (and the SE squeeze of
+    the blocks it feeds) changes, so a group enumerated from the old spec must
+    not be applied to the new one.
+    """
+    current = {g.name: g for g in prunable_groups(spec, group.minimum, group.granularity)}
+    found = current.get(group.name)
+    if found is None:
+        raise ValueError(
+            f"{group.name}: not a prunable group of spec {spec.name!r} (its groups are {sorted(current)})"
+        )
+    if found != group:
+        raise ValueError(
+            f"{group.name}: group does not match spec {spec.name!r} (group width {group.width}, "
+            f"spec width {found.width}); groups go stale after a cut, so re-enumerate them "
+            "with prunable_groups(spec)"
+        )
 
 
 def _with_expanded(block: BlockSpec, expanded: int) -> BlockSpec:

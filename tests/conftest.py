@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
 import torch
 
-from mobilenetv3 import BlockSpec, NetSpec
+from mobilenetv3 import BlockSpec, NetSpec, build
 
 
 @pytest.fixture(autouse=True)
-def _deterministic_threads():
-    # The CI machine has 2 cores; pinning torch to them avoids oversubscription
-    # when onnxruntime sessions run in the same process.
-    torch.set_num_threads(2)
+def _one_torch_thread():
+    # The suite's models are tiny: a second thread buys nothing, and on a
+    # loaded 2-core machine thread hand-offs make small ops 50-100x slower.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(previous)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_spec() -> NetSpec:
     """A 3-block spec that still has every block feature: expansion, SE, residual, stride."""
     return NetSpec(
@@ -33,3 +38,95 @@ def tiny_spec() -> NetSpec:
         num_classes=10,
         dropout=0.2,
     )
+
+
+def searchable_spec() -> NetSpec:
+    """Small enough to train in seconds, wide enough that channel cuts move its
+    latency well beyond measurement noise (about 8x between base and minimum)."""
+    return NetSpec(
+        name="searchable",
+        in_channels=1,
+        stem=16,
+        blocks=(
+            BlockSpec(3, 16, 16, True, 8, "relu", 1, has_expansion=False, residual=True),
+            BlockSpec(3, 256, 64, False, 0, "relu", 2, has_expansion=True, residual=False),
+            BlockSpec(5, 384, 64, True, 96, "hardswish", 1, has_expansion=True, residual=True),
+        ),
+        last_conv=256,
+        head_hidden=256,
+        num_classes=10,
+    )
+
+
+@dataclass
+class PreparedSearch:
+    """A trained base network, its config and a calibrated latency table on disk."""
+
+    root: Path
+    config_path: Path
+    checkpoint: Path
+    dataset: object
+
+    def config(self, *overrides: str):
+        from netadapt.config import load_config
+
+        return load_config(self.config_path, [f"model.checkpoint={self.checkpoint}", *overrides])
+
+    def table(self):
+        from netadapt.lut import LatencyTable
+        from netadapt.measurers import make_measurer
+
+        config = self.config()
+        shape = (1, 1, 32, 32)
+        return LatencyTable.open(config.lut.table, make_measurer(config.target, config.measure, shape), shape)
+
+    def unreachable_budget(self) -> float:
+        """A budget safely above the search space's lower bound that three 2% cuts
+        cannot reach, so runs stop at max_iterations whatever the measurement noise."""
+        from netadapt.search import lower_bound_spec
+
+        table = self.table()
+        spec = searchable_spec()
+        lower, base = table.predict_ms(lower_bound_spec(spec, 8, 8)), table.predict_ms(spec)
+        assert lower < 0.5 * base, "the test network's latency range is too narrow for this test"
+        return 1.5 * lower
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory) -> PreparedSearch:
+    """Shared by the search and executor tests: training the base takes ~15 s."""
+    from netadapt.config import load_config
+    from netadapt.data import load_dataset
+    from netadapt.lut import calibration_specs
+    from netadapt.train import save_checkpoint, train
+
+    root = tmp_path_factory.mktemp("search")
+    spec_path = root / "searchable.yaml"
+    spec = searchable_spec()
+    spec.save(spec_path)
+    config_path = root / "config.yaml"
+    config_path.write_text(
+        f"""
+seed: 0
+model: {{spec: {spec_path}}}
+data: {{resolution: 32, holdout: 200}}
+train: {{steps: 60, batch_size: 64, lr: 0.3, label_smoothing: 0.0, finetune_lr: 0.01, threads: 1, bn_recalibration: 256}}
+measure: {{warmup_runs: 3, min_runs: 10, min_seconds: 0.02}}
+search: {{finetune_steps: 2, max_iterations: 3, initial_reduction: 0.02, decay: 1.0}}
+lut: {{table: {root / 'lut.csv'}}}
+"""
+    )
+    config = load_config(config_path)
+    dataset = load_dataset(config.data)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = build(spec)
+    train(model, dataset.train, config.train, config.train.steps, seed=0, progress=False)
+    torch.set_num_threads(previous)
+    checkpoint = root / "base.pt"
+    save_checkpoint(checkpoint, model)
+    prepared = PreparedSearch(root, config_path, checkpoint, dataset)
+    # Fit the table's correction once, as a first search would, so every run
+    # shares the same calibrated predictions.
+    prepared.table().fit_correction(calibration_specs(spec, 4))
+    return prepared

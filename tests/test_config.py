@@ -32,7 +32,7 @@ def test_resolved_config_round_trips(tmp_path):
         (["train.steps=many"], "train.steps must be an integer, got 'many'"),
         (["train.steps=1.5"], "train.steps must be an integer"),
         (["model.preset=huge"], r"model.preset must be one of \['large', 'small'\]"),
-        (["search.measure_every_candidate=3"], "must be true or false"),
+        (["train.flip=3"], "train.flip must be true or false"),
         (["data.mean=0.5"], "data.mean must be a list"),
         (["train"], "expected key=value"),
         (["train=3"], "train must be a mapping"),
@@ -59,3 +59,13 @@ def test_bad_files_name_the_file(tmp_path):
 
 def test_apply_overrides_builds_nested_sections():
     assert apply_overrides({}, ["a.b.c=1", "a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}
+
+
+def test_shipped_configs_load_and_embedded_matches_the_defaults():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+    assert configs, "configs/ holds the documented example configs"
+    for path in configs:
+        load_config(path)
+    assert load_config(Path(__file__).parent.parent / "configs" / "embedded.yaml") == Config()

@@ -1,0 +1,65 @@
+"""The base network a search starts from: given, or trained on first use and cached."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from mobilenetv3 import MobileNetV3, NetSpec, build
+from netadapt.config import Config, to_dict
+from netadapt.data import Dataset
+from netadapt.errors import ConfigError
+from netadapt.train import base_spec, evaluate, load_checkpoint, save_checkpoint, train
+
+__all__ = ["cache_dir", "obtain_base_model"]
+
+
+def cache_dir() -> Path:
+    """Where trained base networks and shared lookup tables are cached.
+
+    `NETADAPT_CACHE` overrides the default `~/.cache/netadapt`.
+    """
+    return Path(os.environ.get("NETADAPT_CACHE", "~/.cache/netadapt")).expanduser()
+
+
+def _cache_key(config: Config, spec: NetSpec) -> str:
+    # Everything that changes the trained weights, and nothing else.
+    relevant = {
+        "spec": spec.to_dict(),
+        "data": to_dict(config.data),
+        "train": {k: v for k, v in to_dict(config.train).items() if k not in ("eval_batch_size", "threads")},
+        "seed": config.seed,
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def obtain_base_model(config: Config, dataset: Dataset, progress: bool = True, log=print) -> tuple[MobileNetV3, Path]:
+    """Load `model.checkpoint`, or train the base network once and cache it.
+
+    Returns:
+        The model and the checkpoint file it came from.
+    """
+    if config.model.checkpoint is not None:
+        path = Path(config.model.checkpoint)
+        model = load_checkpoint(path)
+        if model.spec.in_channels != dataset.in_channels or model.spec.num_classes != dataset.num_classes:
+            raise ConfigError(
+                f"model.checkpoint: {path} expects {model.spec.in_channels} input channels and "
+                f"{model.spec.num_classes} classes, but the data has {dataset.in_channels} and {dataset.num_classes}"
+            )
+        return model, path
+    spec = base_spec(config.model, dataset)
+    path = cache_dir() / "base" / f"{spec.name or 'spec'}-{_cache_key(config, spec)}.pt"
+    if path.is_file():
+        log(f"base network: cached {path}")
+        return load_checkpoint(path), path
+    log(f"base network: training {spec.name or 'spec'} for {config.train.steps} steps (cached for later runs)")
+    model = build(spec)
+    stats = train(model, dataset.train, config.train, config.train.steps, config.seed, progress=progress)
+    accuracy = evaluate(model, dataset.holdout, config.train.eval_batch_size)
+    log(f"base network: trained in {stats.seconds:.0f} s ({stats.images_per_second:.0f} images/s), "
+        f"holdout accuracy {accuracy:.2%}")
+    save_checkpoint(path, model)
+    return model, path

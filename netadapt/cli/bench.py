@@ -1,0 +1,154 @@
+"""`netadapt bench`: measure an ONNX file or a preset on a target.
+
+The target flags here (`--preset`, `--width`, `--input`, `--threads`,
+`--provider`, ...) are shared with the `lut` commands; each one, when given,
+overrides the value from `--config FILE`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from mobilenetv3 import NetSpec, preset
+from netadapt.benchmark import Measurement, Target, measure_spec
+from netadapt.measurers import make_measurer
+from netadapt.cli.common import add_config_arguments, parse_input_shape
+from netadapt.config import Config, load_config
+from netadapt.errors import ConfigError
+
+__all__ = ["Resolved", "add_target_arguments", "format_measurement", "register", "resolve"]
+
+# Classes of the datasets the config names; a folder dataset needs --classes.
+_DATASET_CLASSES = {"embedded": 10, "fashion-mnist": 10, "cifar10": 10}
+
+
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    """Network and target flags shared by `bench` and `lut`; None means "from the config"."""
+    add_config_arguments(parser)
+    parser.add_argument("--preset", choices=["large", "small"], help="MobileNetV3 variant (default: config's model.preset)")
+    parser.add_argument("--width", type=float, help="width multiplier (default: config's model.width)")
+    parser.add_argument("--classes", type=int, help="number of classes (default 1000 without --config)")
+    parser.add_argument(
+        "--input", metavar="NxCxHxW", help="input shape (default: the config's data, or 1x3x224x224 without --config)"
+    )
+    parser.add_argument("--threads", type=int, help="intra-op threads (default: target.threads, 1)")
+    parser.add_argument("--inter-op-threads", type=int, help="inter-op threads (default: target.inter_op_threads)")
+    parser.add_argument("--provider", help="onnxruntime execution provider (default CPUExecutionProvider)")
+    parser.add_argument("--target", metavar="DEVICE", help="'local' or remote://HOST:PORT (default: target.device)")
+    parser.add_argument(
+        "--optimization-level", choices=["disable", "basic", "extended", "all"], help="graph optimisation level"
+    )
+    parser.add_argument("--warmup", type=int, help="warm-up runs (default: measure.warmup_runs)")
+    parser.add_argument("--min-runs", type=int, help="time at least this many runs (default: measure.min_runs)")
+    parser.add_argument("--min-seconds", type=float, help="... and for at least this long (default: measure.min_seconds)")
+    parser.add_argument(
+        "--priority", choices=["normal", "high", "realtime"], help="scheduling of the measuring thread (default: measure.priority)"
+    )
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What a command measures: the config after flags, the base spec, the input and the target."""
+
+    config: Config
+    spec: NetSpec
+    input_shape: tuple[int, int, int, int]
+    target: Target
+
+
+def resolve(args: argparse.Namespace) -> Resolved:
+    """Merge `--config`/`--set` with the shared flags; flags win where given."""
+    config = load_config(args.config, args.overrides)
+    overrides = {
+        "target.threads": args.threads,
+        "target.inter_op_threads": args.inter_op_threads,
+        "target.provider": args.provider,
+        "target.device": args.target,
+        "target.optimization_level": args.optimization_level,
+        "measure.warmup_runs": args.warmup,
+        "measure.min_runs": args.min_runs,
+        "measure.min_seconds": args.min_seconds,
+        "measure.priority": args.priority,
+        "model.preset": args.preset,
+        "model.width": args.width,
+    }
+    for dotted, value in overrides.items():
+        if value is not None:
+            section, key = dotted.split(".")
+            setattr(getattr(config, section), key, value)
+    if args.preset is not None or args.width is not None:
+        config.model.spec = None  # an explicit preset on the command line replaces a spec file
+    if args.input is not None:
+        shape = parse_input_shape(args.input)
+        config.target.batch = shape[0]
+    elif args.config is not None:
+        shape = (config.target.batch, config.data.channels, config.data.resolution, config.data.resolution)
+    else:
+        shape = (config.target.batch, 3, 224, 224)
+    spec = _base_spec(config, shape[1], args.classes if args.classes is not None else (
+        _DATASET_CLASSES.get(config.data.dataset, 1000) if args.config is not None else 1000))
+    if spec.in_channels != shape[1]:
+        raise ConfigError(f"the input has {shape[1]} channels but the spec expects {spec.in_channels}")
+    target = Target.from_config(config.target, config.measure, shape)
+    return Resolved(config, spec, target.input_shape, target)
+
+
+def _base_spec(config: Config, in_channels: int, classes: int) -> NetSpec:
+    if config.model.spec:
+        try:
+            return NetSpec.load(config.model.spec)
+        except FileNotFoundError:
+            raise ConfigError(f"model.spec {config.model.spec}: file not found") from None
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    if config.model.width <= 0:
+        raise ConfigError(f"model.width must be > 0, got {config.model.width}")
+    if classes < 1:
+        raise ConfigError(f"--classes must be >= 1, got {classes}")
+    return preset(config.model.preset, width=config.model.width, num_classes=classes, in_channels=in_channels)
+
+
+def format_measurement(label: str, m: Measurement) -> str:
+    """Human-readable lines for one measurement."""
+    fp = m.fingerprint
+    return "\n".join(
+        [
+            label,
+            f"  median {m.median_ms:.3f} ms   p10 {m.p10_ms:.3f}   p90 {m.p90_ms:.3f}   mean {m.mean_ms:.3f}   "
+            f"cv {100 * m.cv:.1f}%   runs {m.runs}",
+            f"  target: {fp.get('cpu')} ({fp.get('cores')} cores), onnxruntime {fp.get('onnxruntime')}, "
+            f"{fp.get('provider')}, {fp.get('threads')} thread(s), optimisation {fp.get('optimization_level')}",
+        ]
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("bench", help="measure the latency of an ONNX model or a preset")
+    parser.add_argument("model", nargs="?", metavar="MODEL.onnx", help="an ONNX file (default: the preset)")
+    add_target_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.set_defaults(handler=bench_command)
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    resolved = resolve(args)
+    measurer = make_measurer(resolved.config.target, resolved.config.measure, resolved.input_shape)
+    if args.model:
+        path = Path(args.model)
+        if not path.is_file():
+            raise ConfigError(f"{path}: ONNX file not found")
+        measurement = measurer.measure(path.read_bytes())
+        label = str(path)
+    else:
+        measurement = measure_spec(resolved.spec, measurer, resolved.input_shape)
+        label = f"{resolved.spec.name or 'spec'} at {'x'.join(map(str, resolved.input_shape))}"
+    if args.json:
+        # An ONNX file carries its own input shape; --input only fills dynamic dimensions.
+        shape = list(resolved.input_shape) if not args.model or args.input else None
+        print(json.dumps({"model": label, "input_shape": shape, **measurement.to_dict()}))
+    else:
+        print(format_measurement(label, measurement))
+    return 0

@@ -1,0 +1,203 @@
+"""Export the Pareto family of a search run.
+
+Every iteration's winner is a network with lower latency than the one
+before; the family is the subset that is Pareto-optimal in (measured
+latency, holdout accuracy). Holdout accuracy decides membership because the
+search decided on it; test accuracy is measured at export and only reported.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pandas as pd
+import torch
+
+from mobilenetv3 import MobileNetV3, count
+from mobilenetv3.fileio import atomic_write_bytes, atomic_write_text
+from netadapt.config import Config, load_config
+from netadapt.data import Dataset, load_dataset
+from netadapt.errors import RunDirError
+from netadapt.measurers import make_measurer
+from netadapt.onnx_export import onnx_bytes
+from netadapt.rundir import RunDir
+from netadapt.train import evaluate, load_checkpoint, save_checkpoint, train
+
+__all__ = ["FAMILY_COLUMNS", "Member", "export_family", "member_name", "pareto_front", "run_members"]
+
+FAMILY_COLUMNS = [
+    "name",
+    "iteration",
+    "search_ms",  # whole-model latency measured during the search
+    "export_ms",  # re-measured at export, same target settings
+    "predicted_ms",
+    "holdout_acc",
+    "test_acc",
+    "search_holdout_acc",  # before --long-finetune (equal to holdout_acc without it)
+    "search_test_acc",
+    "long_finetune_steps",
+    "params",
+    "macs",
+    "max_abs_diff",  # onnxruntime vs torch logits on test images
+    "path",
+]
+
+
+@dataclass(frozen=True)
+class Member:
+    """One network of a run: the base (iteration 0) or an iteration's winner."""
+
+    iteration: int
+    measured_ms: float
+    predicted_ms: float
+    holdout_acc: float
+    test_acc: float
+    checkpoint: Path
+
+
+def run_members(run: RunDir) -> list[Member]:
+    """Every committed network of the run, in iteration order."""
+    state = run.read_state()
+    if state is None:
+        raise RunDirError(f"{run.path}: the run has no committed iteration yet")
+    history = run.read_history()
+    rows = history[history["kind"].isin(["base", "iteration"])]
+    rows = rows[rows["iteration"].astype(int) <= int(state["iteration"])]
+    members = []
+    for row in rows.itertuples():
+        checkpoint = run.path / str(row.checkpoint)
+        if not checkpoint.is_file():
+            raise RunDirError(f"{run.path}: history names {row.checkpoint}, which is missing")
+        members.append(
+            Member(int(row.iteration), float(row.measured_ms), float(row.predicted_ms), float(row.holdout_acc),
+                   float(row.test_acc) if not pd.isna(row.test_acc) else math.nan, checkpoint)
+        )
+    return members
+
+
+def pareto_front(points: list[Any], latency: Callable[[Any], float], accuracy: Callable[[Any], float]) -> list[Any]:
+    """The points no other point dominates (lower-or-equal latency and higher-or-equal
+    accuracy, one of them strictly), sorted by latency.
+
+    Of exact duplicates in both figures only the first is kept.
+    """
+    ordered = sorted(points, key=lambda p: (latency(p), -accuracy(p)))
+    front: list[Any] = []
+    best_accuracy = -math.inf
+    for point in ordered:
+        if accuracy(point) > best_accuracy:
+            front.append(point)
+            best_accuracy = accuracy(point)
+    return front
+
+
+def member_name(rank: int, latency_ms: float, accuracy: float) -> str:
+    """A name that sorts and reads as a menu: 01-0.412ms-acc87.3."""
+    return f"{rank:02d}-{latency_ms:.3f}ms-acc{accuracy * 100:.1f}"
+
+
+def _max_abs_diff(model: MobileNetV3, data: bytes, images: torch.Tensor) -> float:
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    differences = []
+    with torch.no_grad():
+        for image in images:
+            batch = image.unsqueeze(0)
+            expected = model(batch).numpy()
+            actual = session.run(None, {name: batch.numpy()})[0]
+            differences.append(float(np.abs(actual - expected).max()))
+    return max(differences)
+
+
+def export_family(
+    run_path: str | Path,
+    out: str | Path,
+    long_finetune_steps: int = 0,
+    dataset: Dataset | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> pd.DataFrame:
+    """Write each Pareto member's model.onnx, spec.yaml and weights.pt, and family.csv.
+
+    Args:
+        run_path: the search's run directory.
+        out: the family directory.
+        long_finetune_steps: fine-tune each member this many steps first
+            (learning rate `train.finetune_lr`, cosine decay); 0 exports as searched.
+        dataset: preloaded data (default: loaded from the run's config).
+    Returns:
+        The family table, one row per member, as written to family.csv.
+    """
+    run = RunDir(run_path)
+    run.require_existing()
+    config: Config = load_config(run.config_path)
+    members = pareto_front(run_members(run), lambda m: m.measured_ms, lambda m: m.holdout_acc)
+    dataset = dataset or load_dataset(config.data)
+    shape = (config.target.batch, dataset.in_channels, config.data.resolution, config.data.resolution)
+    measurer = make_measurer(config.target, config.measure, shape)
+    fingerprint = measurer.fingerprint()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_images = dataset.test.images[:8]
+    rows = []
+    for member in members:
+        model = load_checkpoint(member.checkpoint).eval()
+        search_holdout = member.holdout_acc
+        search_test = evaluate(model, dataset.test, config.train.eval_batch_size)
+        holdout, test = search_holdout, search_test
+        if long_finetune_steps > 0:
+            long_config = replace(config.train, lr=config.train.finetune_lr)
+            train(model, dataset.train, long_config, long_finetune_steps, config.seed + 1000 + member.iteration,
+                  progress=progress)
+            model.eval()
+            holdout = evaluate(model, dataset.holdout, config.train.eval_batch_size)
+            test = evaluate(model, dataset.test, config.train.eval_batch_size)
+        data = onnx_bytes(model, shape)
+        difference = _max_abs_diff(model, data, check_images)
+        if difference > 1e-4:
+            raise RuntimeError(f"iteration {member.iteration}: onnxruntime differs from torch by {difference:.2e}")
+        export_ms = measurer.measure(data).median_ms
+        rows.append({"iteration": member.iteration, "search_ms": member.measured_ms, "export_ms": export_ms,
+                     "predicted_ms": member.predicted_ms, "holdout_acc": holdout, "test_acc": test,
+                     "search_holdout_acc": search_holdout, "search_test_acc": search_test,
+                     "long_finetune_steps": long_finetune_steps,
+                     "params": sum(r.params for r in count(model.spec, config.data.resolution)),
+                     "macs": sum(r.macs for r in count(model.spec, config.data.resolution)),
+                     "max_abs_diff": difference, "_model": model, "_onnx": data})
+    # Names rank members by search-time latency (the figure that chose them).
+    for rank, row in enumerate(rows, start=1):
+        name = member_name(rank, row["search_ms"], row["holdout_acc"])
+        folder = out / name
+        model, data = row.pop("_model"), row.pop("_onnx")
+        proto = onnx.load_from_string(data)
+        metadata = {
+            "netadapt.name": name,
+            "netadapt.search_latency_ms": f"{row['search_ms']:.6f}",
+            "netadapt.export_latency_ms": f"{row['export_ms']:.6f}",
+            "netadapt.target_fingerprint": json.dumps(fingerprint, sort_keys=True),
+            "netadapt.holdout_accuracy": f"{row['holdout_acc']:.6f}",
+            "netadapt.test_accuracy": f"{row['test_acc']:.6f}",
+            "netadapt.spec": model.spec.to_yaml(),
+        }
+        for key, value in metadata.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        atomic_write_bytes(folder / "model.onnx", proto.SerializeToString())
+        model.spec.save(folder / "spec.yaml")
+        save_checkpoint(folder / "weights.pt", model)
+        row.update(name=name, path=f"{name}/model.onnx")
+        echo(f"{name}: {row['search_ms']:.3f} ms at search, {row['export_ms']:.3f} ms at export, "
+             f"holdout {row['holdout_acc']:.2%}, test {row['test_acc']:.2%}")
+    frame = pd.DataFrame(rows, columns=FAMILY_COLUMNS)
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False)
+    atomic_write_text(out / "family.csv", buffer.getvalue())
+    return frame

@@ -1,0 +1,658 @@
+"""Latency lookup table: predict a spec's latency from measured units.
+
+A network is cut into units (stem, each inverted-residual block, the last
+1x1 conv, pooling plus the classifier head). Each unit is exported alone and
+measured on the target; its key spells out everything that changes its
+latency (input HxWxC, expanded and output channels, kernel, stride, SE and
+its squeeze width, activation, expansion conv, residual). A prediction is
+the sum of a spec's unit latencies times a correction fitted from a few
+whole-network measurements: each isolated unit pays its own session
+overhead and layout reorders, so the raw sum overshoots the whole network
+(OFA and nn-Meter predict the same way, with per-block keys).
+
+Channel counts are used as they are, never interpolated: onnxruntime's x86
+kernels block channels by 8 or 16, so latency has cliffs between grid
+points (REFERENCE.md, "Channel blocking on x86").
+
+The table is one CSV file per target: a JSON header line with the format,
+the target's fingerprint, the fitted corrections, the row count and a
+checksum of the body, then one row per unit. It is rewritten atomically
+after every batch of new entries, so a killed build keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from mobilenetv3 import NetSpec
+from mobilenetv3.counts import spatial_after
+from mobilenetv3.fileio import atomic_write_text
+from mobilenetv3.model import _ACTIVATIONS, ConvNormActivation, InvertedResidual
+from mobilenetv3.spec import BlockSpec
+from netadapt.benchmark import Measurement, Measurer, measure_best_of
+from netadapt.errors import LatencyTableError
+from netadapt.groups import candidate_widths, prunable_groups, with_width
+from netadapt.onnx_export import onnx_bytes
+
+__all__ = [
+    "Correction",
+    "LatencyTable",
+    "Unit",
+    "calibration_specs",
+    "first_iteration_specs",
+    "network_key",
+    "random_subnetwork",
+    "summarize_validation",
+    "table_filename",
+    "unit_module",
+    "units_of",
+    "validate",
+]
+
+FORMAT = "netadapt-lut"
+VERSION = 1
+UNIT_KINDS = ("stem", "block", "last_conv", "head")
+STATISTICS = ("median", "p10")  # entry columns a prediction can sum
+
+
+# ----------------------------------------------------------------------- units
+@dataclass(frozen=True)
+class Unit:
+    """One separately measured piece of a network; fields not used by a kind stay 0/False/""."""
+
+    kind: str  # "stem", "block", "last_conv" or "head"
+    height: int  # input spatial size
+    width: int
+    in_channels: int
+    out: int  # output channels (head: number of classes)
+    expanded: int = 0  # block: depthwise width; head: hidden Linear width
+    kernel: int = 1
+    stride: int = 1
+    se: bool = False
+    se_squeeze: int = 0
+    activation: str = ""  # "relu" or "hardswish"
+    has_expansion: bool = False
+    residual: bool = False
+
+    def key(self) -> str:
+        """A readable key that names everything that changes this unit's latency."""
+        size = f"{self.height}x{self.width}x{self.in_channels}"
+        if self.kind == "block":
+            act = "RE" if self.activation == "relu" else "HS"
+            return (
+                f"block:{size}:e{self.expanded}:o{self.out}:k{self.kernel}:s{self.stride}"
+                f":se{self.se_squeeze if self.se else 0}:{act}:x{int(self.has_expansion)}:r{int(self.residual)}"
+            )
+        if self.kind == "head":
+            return f"head:{size}:h{self.expanded}:o{self.out}"
+        act = "RE" if self.activation == "relu" else "HS"
+        return f"{self.kind}:{size}:o{self.out}:k{self.kernel}:s{self.stride}:{act}"
+
+    def input_shape(self, batch: int) -> tuple[int, int, int, int]:
+        return (batch, self.in_channels, self.height, self.width)
+
+
+_UNIT_COLUMNS = [f.name for f in dataclasses.fields(Unit)]
+_STAT_COLUMNS = ["median_ms", "p10_ms", "p90_ms", "mean_ms", "cv", "runs"]
+_COLUMNS = ["key", *_UNIT_COLUMNS, *_STAT_COLUMNS]
+
+
+def units_of(spec: NetSpec, input_shape: tuple[int, int, int, int]) -> list[Unit]:
+    """The units of `spec` at `input_shape` (N, C, H, W), in network order."""
+    _, channels, height, width = input_shape
+    if channels != spec.in_channels:
+        raise LatencyTableError(f"input shape {tuple(input_shape)} has {channels} channels but the spec expects {spec.in_channels}")
+    units = [Unit("stem", height, width, channels, spec.stem, kernel=3, stride=2, activation="hardswish")]
+    height, width = spatial_after(height, 2, 3), spatial_after(width, 2, 3)
+    for block_in, block in zip(spec.block_inputs(), spec.blocks):
+        units.append(
+            Unit(
+                "block", height, width, block_in, block.out, block.expanded, block.kernel, block.stride,
+                block.se, block.se_squeeze if block.se else 0, block.activation, block.has_expansion, block.residual,
+            )
+        )
+        height, width = spatial_after(height, block.stride, block.kernel), spatial_after(width, block.stride, block.kernel)
+    units.append(Unit("last_conv", height, width, spec.last_conv_in, spec.last_conv, activation="hardswish"))
+    units.append(Unit("head", height, width, spec.last_conv, spec.num_classes, expanded=spec.head_hidden))
+    return units
+
+
+class _Head(nn.Module):
+    """Global pooling plus the classifier, laid out as `MobileNetV3.forward_head` runs them."""
+
+    def __init__(self, channels: int, hidden: int, classes: int) -> None:
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Linear(channels, hidden), nn.Hardswish(), nn.Linear(hidden, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(x), 1))
+
+
+def unit_module(unit: Unit) -> nn.Module:
+    """A torch module that computes `unit` exactly as the whole MobileNetV3 does."""
+    if unit.kind == "stem" or unit.kind == "last_conv":
+        return ConvNormActivation(
+            unit.in_channels, unit.out, unit.kernel, stride=unit.stride, activation_layer=_ACTIVATIONS[unit.activation]
+        )
+    if unit.kind == "block":
+        block = BlockSpec(
+            unit.kernel, unit.expanded, unit.out, unit.se, unit.se_squeeze, unit.activation, unit.stride,
+            has_expansion=unit.has_expansion, residual=unit.residual,
+        )
+        return InvertedResidual(unit.in_channels, block)
+    if unit.kind == "head":
+        return _Head(unit.in_channels, unit.expanded, unit.out)
+    raise ValueError(f"unknown unit kind {unit.kind!r}")  # a bug: kinds come from units_of
+
+
+def unit_onnx(unit: Unit, batch: int) -> bytes:
+    """The unit exported alone (BN folded), ready to measure."""
+    return onnx_bytes(unit_module(unit).eval(), unit.input_shape(batch))
+
+
+def network_key(spec: NetSpec, input_shape: tuple[int, int, int, int]) -> str:
+    """The family a correction applies to: same block count and input, any channel counts.
+
+    Pruning never removes blocks, so every spec a search visits shares its
+    base network's key.
+    """
+    return f"{len(spec.blocks)}blocks@{'x'.join(str(d) for d in input_shape)}"
+
+
+def table_filename(fingerprint: dict[str, Any]) -> str:
+    """A file name unique to a target: `lut-<12 hex digits of the fingerprint's hash>.csv`."""
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode("utf-8")).hexdigest()[:12]
+    return f"lut-{digest}.csv"
+
+
+# ---------------------------------------------------------------- correction
+@dataclass(frozen=True)
+class Correction:
+    """measured ≈ scale * sum(unit medians) + offset_ms, fitted over whole networks of one family.
+
+    The offset is why the fit is affine: every unit measured alone pays one
+    session's fixed cost (input copy, output allocation, dispatch), the whole
+    network pays it once, so within a family (same number of units) the sum
+    overshoots by a constant. At small inputs that constant dominates; a
+    scale alone cannot represent it. The scale absorbs what stays
+    proportional (cache effects, fusion across unit boundaries).
+    """
+
+    scale: float
+    samples: int  # whole networks the fit used
+    rms_error: float  # relative RMS error of the fit over those networks
+    offset_ms: float = 0.0  # absent from tables written before the affine fit
+
+    def apply(self, raw_sum_ms: float) -> float:
+        return self.scale * raw_sum_ms + self.offset_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _fit_scale(sums: list[float], measured: list[float]) -> Correction:
+    # Least squares on relative error, minimising sum(((scale*s + offset)/m - 1)^2),
+    # so big and small networks weigh the same. The affine fit needs sums that
+    # differ (the base and some cuts); with one network, or when the affine
+    # fit is implausible (a non-positive scale or prediction), one ratio is fitted.
+    sums_array, measured_array = np.asarray(sums, dtype=float), np.asarray(measured, dtype=float)
+    ratios = sums_array / measured_array
+    scale = float(ratios.sum() / (ratios**2).sum())
+    offset = 0.0
+    if len(sums) >= 2 and sums_array.max() > 1.05 * sums_array.min():
+        design = np.stack([ratios, 1.0 / measured_array], axis=1)
+        (affine_scale, affine_offset), *_ = np.linalg.lstsq(design, np.ones(len(sums)), rcond=None)
+        if affine_scale > 0 and np.all(affine_scale * sums_array + affine_offset > 0):
+            scale, offset = float(affine_scale), float(affine_offset)
+    rms = float(np.sqrt(np.mean(((scale * sums_array + offset) / measured_array - 1.0) ** 2)))
+    return Correction(scale=scale, samples=len(sums), rms_error=rms, offset_ms=offset)
+
+
+# -------------------------------------------------------------------- table
+class LatencyTable:
+    """Measured unit latencies for one target, stored in one CSV file.
+
+    Use `LatencyTable.open(path, measurer, input_shape)`; `predict_ms(spec)`
+    sums the entries (measuring any missing one on demand) and applies the
+    correction fitted for the spec's family by `fit_correction`.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        measurer: Measurer,
+        input_shape: tuple[int, int, int, int],
+        entries: dict[str, dict[str, Any]],
+        corrections: dict[str, Correction],
+        fingerprint: dict[str, Any],
+        statistic: str = "median",
+    ) -> None:
+        self.path = Path(path)
+        self.measurer = measurer
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.batch = self.input_shape[0]
+        self.entries = entries  # key -> row (unit fields + measurement statistics)
+        self.corrections = corrections
+        self.fingerprint = fingerprint
+        if statistic not in STATISTICS:
+            raise LatencyTableError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
+        self.statistic = statistic  # which column predictions sum; the median unless asked otherwise
+        self._key_cache: dict[NetSpec, list[str]] = {}
+        self.measured_count = 0  # entries measured by this object (on demand or by fill)
+        self.measure_seconds = 0.0  # time spent exporting and measuring them
+
+    # ------------------------------------------------------------ open / save
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        measurer: Measurer,
+        input_shape: tuple[int, int, int, int],
+        statistic: str = "median",
+    ) -> "LatencyTable":
+        """Load the table at `path`, or start an empty one there if it does not exist.
+
+        Args:
+            path: the table file (CSV).
+            measurer: measures missing entries; its fingerprint must match the file's.
+            input_shape: (N, C, H, W) of the networks this table predicts.
+            statistic: "median" (the project's figure) or "p10"; see `predict_ms`.
+
+        Raises:
+            LatencyTableError: the file is corrupt or truncated, or was built
+                for a target whose fingerprint differs from `measurer`'s.
+        """
+        path = Path(path)
+        current = measurer.fingerprint()
+        if not path.exists():
+            return cls(path, measurer, input_shape, {}, {}, current, statistic)
+        header, frame = _read(path)
+        stored = header["fingerprint"]
+        if stored != current:
+            differing = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+            raise LatencyTableError(
+                f"{path}: this table was measured on another target (differs in {differing}).\n"
+                f"  table:   {json.dumps(stored, sort_keys=True)}\n"
+                f"  current: {json.dumps(current, sort_keys=True)}\n"
+                "Use a table built for this target (--table FILE) or build a new one."
+            )
+        entries = {row["key"]: row for row in frame.to_dict("records")}
+        corrections = {}
+        for key, value in header.get("corrections", {}).items():
+            try:
+                corrections[key] = Correction(**value)
+            except TypeError as error:
+                raise LatencyTableError(f"{path}: correction {key!r} is malformed ({error}); rebuild the table") from None
+        return cls(path, measurer, input_shape, entries, corrections, stored, statistic)
+
+    def save(self) -> None:
+        """Write the whole table atomically: a kill leaves the old file or the new one.
+
+        Entries another process added to the file since it was read (e.g.
+        parallel candidates filling the same table) are merged in first, so
+        concurrent writers lose nothing but a race's last few entries.
+        """
+        self._merge_from_disk()
+        frame = pd.DataFrame([self.entries[k] for k in sorted(self.entries)], columns=_COLUMNS)
+        body = frame.to_csv(index=False, lineterminator="\n", float_format="%.6g")
+        header = {
+            "format": FORMAT,
+            "version": VERSION,
+            "fingerprint": self.fingerprint,
+            "corrections": {k: c.to_dict() for k, c in sorted(self.corrections.items())},
+            "rows": len(frame),
+            "sha256": hashlib.sha256(body.encode("utf-8")).hexdigest(),
+        }
+        atomic_write_text(self.path, "# " + json.dumps(header, sort_keys=True) + "\n" + body)
+
+    def _merge_from_disk(self) -> None:
+        if not self.path.exists():
+            return
+        try:
+            header, frame = _read(self.path)
+        except LatencyTableError:
+            return  # we opened it intact; whatever damaged it since is replaced
+        if header["fingerprint"] != self.fingerprint:
+            return
+        for row in frame.to_dict("records"):
+            self.entries.setdefault(row["key"], row)
+        for key, value in header.get("corrections", {}).items():
+            if key not in self.corrections:
+                with contextlib.suppress(TypeError):
+                    self.corrections[key] = Correction(**value)
+
+    def save_copy(self, path: str | Path) -> None:
+        """Write the table to another file (e.g. a run directory's snapshot), atomically.
+
+        The copy keeps this table's fingerprint and corrections; this object
+        keeps saving to its own path.
+        """
+        original = self.path
+        try:
+            self.path = Path(path)
+            self.save()
+        finally:
+            self.path = original
+
+    def correction_specs(self, spec: NetSpec | None = None) -> int:
+        """Whole networks behind the median correction of `spec`'s family (all families if None); 0: none fitted."""
+        if spec is not None:
+            correction = self.correction_for(spec)
+            return correction.samples if correction else 0
+        return sum(c.samples for k, c in self.corrections.items() if not k.endswith(":p10"))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, unit: Unit) -> bool:
+        return unit.key() in self.entries
+
+    # -------------------------------------------------------------- entries
+    def units(self, spec: NetSpec) -> list[Unit]:
+        return units_of(spec, self.input_shape)  # type: ignore[arg-type]
+
+    def missing(self, specs: Iterable[NetSpec]) -> list[Unit]:
+        """Units of `specs` not in the table yet, each once, in first-seen order."""
+        seen: dict[str, Unit] = {}
+        for spec in specs:
+            for unit in self.units(spec):
+                key = unit.key()
+                if key not in self.entries and key not in seen:
+                    seen[key] = unit
+        return list(seen.values())
+
+    def measure_unit(self, unit: Unit) -> Measurement:
+        """Export `unit` alone, measure it and store the entry (in memory; `save` writes it).
+
+        If the table already holds the unit, the measurement with the lower
+        median is kept: a machine shared with other jobs only ever makes a
+        run slower, so the best of several passes, taken at different
+        times, is the closest to the unloaded figure.
+        """
+        start = time.perf_counter()
+        measurement = self.measurer.measure(unit_onnx(unit, self.batch))
+        self.measure_seconds += time.perf_counter() - start
+        self.measured_count += 1
+        old = self.entries.get(unit.key())
+        if old is None or measurement.median_ms < float(old["median_ms"]):
+            row = {"key": unit.key(), **dataclasses.asdict(unit)}
+            row.update({name: getattr(measurement, name) for name in _STAT_COLUMNS})
+            self.entries[unit.key()] = row
+        return measurement
+
+    def fill(self, specs: Iterable[NetSpec], progress: bool = True, save_every: int = 20, passes: int = 1) -> int:
+        """Measure every unit of `specs` that the table lacks; returns how many were measured.
+
+        Args:
+            specs: the networks whose units must be in the table.
+            progress: show a progress bar.
+            save_every: the file is rewritten every this many entries and at
+                the end, so a killed fill resumes where it stopped.
+            passes: measure each new unit this many times, in separate passes
+                over all of them, keeping the best (see `measure_unit`).
+        """
+        todo = self.missing(specs)
+        for _ in range(max(1, passes)):
+            self._measure_all(todo, progress, save_every)
+        return len(todo)
+
+    def remeasure(self, specs: Iterable[NetSpec], progress: bool = True, save_every: int = 20) -> int:
+        """Measure every unit of `specs` once more, keeping each entry's best; returns the count."""
+        seen: dict[str, Unit] = {}
+        for spec in specs:
+            for unit in self.units(spec):
+                seen.setdefault(unit.key(), unit)
+        self._measure_all(list(seen.values()), progress, save_every)
+        return len(seen)
+
+    def _measure_all(self, units: list[Unit], progress: bool, save_every: int) -> None:
+        bar = None
+        if progress and units:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(units), desc="lut", unit="entry")
+        try:
+            for index, unit in enumerate(units, 1):
+                self.measure_unit(unit)
+                if bar is not None:
+                    bar.update()
+                if index % save_every == 0:
+                    self.save()
+        finally:
+            if bar is not None:
+                bar.close()
+            if units:
+                self.save()
+
+    def entry_ms(self, unit: Unit) -> float:
+        """The stored median of `unit`, measured and saved first if missing."""
+        row = self.entries.get(unit.key())
+        if row is None:
+            self.measure_unit(unit)
+            self.save()
+            row = self.entries[unit.key()]
+        return float(row[f"{self.statistic}_ms"])
+
+    # ------------------------------------------------------------ prediction
+    def _keys(self, spec: NetSpec) -> list[str]:
+        # A search predicts the same specs over and over; building their units
+        # costs more than summing them, so keys are cached per (hashable) spec.
+        keys = self._key_cache.get(spec)
+        if keys is None:
+            keys = [unit.key() for unit in self.units(spec)]
+            self._key_cache[spec] = keys
+        return keys
+
+    def raw_sum_ms(self, spec: NetSpec, statistic: str | None = None) -> float:
+        """Sum of the unit entries (median, or `statistic`), without the correction."""
+        statistic = statistic or self.statistic
+        if statistic not in STATISTICS:
+            raise LatencyTableError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
+        column = f"{statistic}_ms"
+        keys = self._keys(spec)
+        try:
+            return float(sum(self.entries[key][column] for key in keys))
+        except KeyError:
+            self.fill([spec], progress=False)
+            return float(sum(self.entries[key][column] for key in keys))
+
+    def correction_for(self, spec: NetSpec, statistic: str | None = None) -> Correction | None:
+        return self.corrections.get(_correction_key(network_key(spec, self.input_shape), statistic or self.statistic))  # type: ignore[arg-type]
+
+    def predict_ms(self, spec: NetSpec, statistic: str | None = None) -> float:
+        """Predicted latency (ms) of `spec` on this table's target.
+
+        Missing entries are measured and saved first. Without a fitted
+        correction for the spec's family the raw sum is returned, which
+        overshoots (call `fit_correction` once per base network).
+
+        Args:
+            spec: the network.
+            statistic: "median" (default: the table's) predicts the measured
+                median; "p10" the 10th percentile, which a loaded machine
+                disturbs less.
+        """
+        correction = self.correction_for(spec, statistic)
+        raw = self.raw_sum_ms(spec, statistic)
+        return correction.apply(raw) if correction else raw
+
+    def fit_correction(self, specs: list[NetSpec], repeats: int = 1) -> Correction:
+        """Measure `specs` whole, fit `measured ≈ scale * raw sum` for their family and save it.
+
+        Corrections for both statistics (median and p10) are fitted from the
+        same measurements; the table's own statistic's one is returned.
+
+        Args:
+            specs: networks of one family (same block count and input); a few
+                of different sizes, e.g. the base and some random cuts.
+            repeats: whole-network measurements per spec, in separate passes
+                over all specs; the best (lowest) is used, as for the entries.
+        """
+        if not specs:
+            raise LatencyTableError("fit_correction needs at least one spec")
+        families = {network_key(s, self.input_shape) for s in specs}  # type: ignore[arg-type]
+        if len(families) != 1:
+            raise LatencyTableError(f"fit_correction: specs come from several families {sorted(families)}; fit each on its own")
+        family = families.pop()
+        whole = measure_best_of(specs, self.measurer, self.input_shape, repeats)  # type: ignore[arg-type]
+        for statistic in STATISTICS:
+            sums = [self.raw_sum_ms(spec, statistic) for spec in specs]
+            measured = [getattr(m, f"{statistic}_ms") for m in whole]
+            self.corrections[_correction_key(family, statistic)] = _fit_scale(sums, measured)
+        self.save()
+        return self.corrections[_correction_key(family, self.statistic)]
+
+
+def _correction_key(family: str, statistic: str) -> str:
+    return family if statistic == "median" else f"{family}:{statistic}"
+
+
+def _read(path: Path) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Parse and verify a table file; any damage raises LatencyTableError naming it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise LatencyTableError(f"{path}: cannot read the latency table ({error})") from None
+    first, _, body = text.partition("\n")
+    try:
+        if not first.startswith("# "):
+            raise ValueError("no header line")
+        header = json.loads(first[2:])
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} file")
+        if header.get("version") != VERSION:
+            raise ValueError(f"format version {header.get('version')!r}, this netadapt reads {VERSION}")
+        if not isinstance(header.get("fingerprint"), dict):
+            raise ValueError("header has no fingerprint")
+    except (ValueError, json.JSONDecodeError) as error:
+        raise LatencyTableError(f"{path}: not a valid latency table ({error}); delete it or point --table elsewhere") from None
+    if hashlib.sha256(body.encode("utf-8")).hexdigest() != header.get("sha256"):
+        raise LatencyTableError(
+            f"{path}: the latency table is truncated or corrupt (checksum mismatch); "
+            "delete it and rebuild with `netadapt lut build`"
+        )
+    try:
+        frame = pd.read_csv(io.StringIO(body), keep_default_na=False)
+    except (ValueError, pd.errors.ParserError) as error:
+        raise LatencyTableError(f"{path}: the latency table's rows cannot be parsed ({error})") from None
+    if list(frame.columns) != _COLUMNS or len(frame) != header.get("rows"):
+        raise LatencyTableError(f"{path}: the latency table's columns or row count do not match its header; rebuild it")
+    return header, frame
+
+
+# ------------------------------------------------------------ spec sampling
+def first_iteration_specs(spec: NetSpec, granularity: int = 8, min_channels: int = 8) -> list[NetSpec]:
+    """Every single-group cut of `spec`: the proposals of NetAdapt's first iteration.
+
+    NetAdapt Alg. 1 tries, for each prunable group, the widths below the
+    current one; a table holding all their units answers the first
+    iteration without measuring on demand.
+    """
+    specs = [spec]
+    for group in prunable_groups(spec, min_channels, granularity):
+        specs.extend(with_width(spec, group, width) for width in candidate_widths(group))
+    return specs
+
+
+def random_subnetwork(
+    spec: NetSpec, rng: random.Random, granularity: int = 8, min_channels: int = 8, min_fraction: float = 0.25
+) -> NetSpec:
+    """A random channel cut of `spec`: each prunable group, in turn, keeps its width or
+    is cut to a random grid width of at least `min_fraction` of it."""
+    for group in prunable_groups(spec, min_channels, granularity):
+        options = [group.width] + [w for w in candidate_widths(group) if w >= min_fraction * group.width]
+        width = rng.choice(options)
+        if width != group.width:
+            spec = with_width(spec, group, width)
+    return spec
+
+
+def calibration_specs(base: NetSpec, count: int, granularity: int = 8, min_channels: int = 8, seed: int = 0) -> list[NetSpec]:
+    """Whole networks to fit a correction on: the base, the smallest network of
+    its search space, and random cuts between them, so the fit spans every size
+    a search visits (the affine fit needs that spread)."""
+    smallest = base
+    for group in prunable_groups(base, min_channels, granularity):
+        widths = candidate_widths(group)
+        if widths:
+            smallest = with_width(smallest, group, widths[-1])
+    rng = random.Random(f"correction-{seed}")
+    cuts = [random_subnetwork(base, rng, granularity, min_channels) for _ in range(max(0, count - 2))]
+    return [base, smallest, *cuts][: max(count, 1)]
+
+
+# --------------------------------------------------------------- validation
+def validate(table: LatencyTable, specs: list[NetSpec], progress: bool = True, passes: int = 1) -> pd.DataFrame:
+    """Predict and measure each spec whole; one row per spec.
+
+    Missing entries are filled first (and saved), so the timing of a
+    prediction never includes a measurement.
+
+    Args:
+        table: the table under test; its corrections should be fitted on other specs.
+        specs: the networks to compare on.
+        progress: show progress bars.
+        passes: whole-network measurements per spec, in separate passes; the
+            best is used (see `netadapt.benchmark.measure_best_of`).
+
+    Returns:
+        Columns `index, predicted_ms, measured_ms, error_pct, raw_sum_ms,
+        measured_cv, predict_us` (predict_us: time of the prediction alone),
+        the same for the 10th percentile (`predicted_p10_ms, measured_p10_ms,
+        error_p10_pct`) and the spec as JSON.
+    """
+    table.fill(specs, progress=progress)
+    measured_all = measure_best_of(specs, table.measurer, table.input_shape, passes)  # type: ignore[arg-type]
+    rows = []
+    for index, (spec, measured) in enumerate(zip(specs, measured_all)):
+        start = time.perf_counter()
+        predicted = table.predict_ms(spec)
+        predict_us = (time.perf_counter() - start) * 1e6
+        actual = getattr(measured, f"{table.statistic}_ms")
+        predicted_p10 = table.predict_ms(spec, "p10")
+        rows.append(
+            {
+                "index": index,
+                "predicted_ms": predicted,
+                "measured_ms": actual,
+                "error_pct": 100.0 * (predicted - actual) / actual,
+                "raw_sum_ms": table.raw_sum_ms(spec),
+                "measured_cv": measured.cv,
+                "predict_us": predict_us,
+                # The same comparison on the 10th percentile, which load on a shared machine disturbs less.
+                "predicted_p10_ms": predicted_p10,
+                "measured_p10_ms": measured.p10_ms,
+                "error_p10_pct": 100.0 * (predicted_p10 - measured.p10_ms) / measured.p10_ms,
+                "spec": json.dumps(spec.to_dict(), separators=(",", ":")),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def summarize_validation(frame: pd.DataFrame) -> dict[str, float]:
+    """The accuracy figures of a `validate` frame."""
+    errors = frame["error_pct"].abs()
+    return {
+        "samples": int(len(frame)),
+        "median_abs_error_pct": float(errors.median()),
+        "max_abs_error_pct": float(errors.max()),
+        "within_5_pct": float((errors <= 5.0).mean()),
+        "within_10_pct": float((errors <= 10.0).mean()),
+        "spearman": float(frame["predicted_ms"].corr(frame["measured_ms"], method="spearman")) if len(frame) > 1 else float("nan"),
+        "mean_bias_pct": float(frame["error_pct"].mean()),
+    }

@@ -1,0 +1,479 @@
+"""Training stage: train a base network, fine-tune candidates, evaluate, checkpoint.
+
+The search calls `finetune` and `evaluate` many times, so both run on
+in-memory `Split` tensors (see `netadapt.data`): a step indexes a random batch,
+optionally crops and flips it on the tensor, and runs forward/backward.
+
+Determinism: a `torch.Generator` seeded from `seed` drives batch sampling and
+augmentation, and `torch.manual_seed(seed)` is set before the first step (for
+dropout). On CPU, a fixed seed *and a fixed thread count* give bit-identical
+weights; a different thread count may change float summation order.
+
+Checkpoints are a single `.pt` file holding plain data only - the spec as YAML
+text and a state dict - read back with `torch.load(weights_only=True)`; never
+a pickled module (the official NetAdapt code pickles whole modules).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from mobilenetv3 import MobileNetV3, NetSpec, build, preset
+from mobilenetv3.fileio import atomic_write_bytes, atomic_write_text
+from netadapt.config import Config, ModelConfig, TrainConfig
+from netadapt.data import Dataset, Split, load_dataset
+from netadapt.errors import ConfigError, NetadaptError, RunDirError
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "BaseTraining",
+    "CheckpointError",
+    "TrainStats",
+    "TrainingDiverged",
+    "base_spec",
+    "evaluate",
+    "finetune",
+    "load_checkpoint",
+    "recalibrate_batchnorm",
+    "save_checkpoint",
+    "train",
+    "train_base",
+]
+
+CHECKPOINT_FORMAT = "netadapt-checkpoint/1"
+
+
+class TrainingDiverged(NetadaptError):
+    """The loss became NaN or infinite; the message gives the step and the learning rate."""
+
+
+class CheckpointError(NetadaptError):
+    """A checkpoint file is missing, corrupt or not a netadapt checkpoint."""
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    """What one `train` or `finetune` call did and how fast."""
+
+    steps: int
+    images: int  # images seen (steps x batch)
+    seconds: float  # wall time of the whole loop
+    images_per_second: float
+    data_seconds: float  # time spent sampling and augmenting batches (part of `seconds`)
+    final_loss: float  # mean training loss over the last min(50, steps) steps
+
+    @property
+    def data_share(self) -> float:
+        """Fraction of the wall time spent on data; should stay well under 10%."""
+        return self.data_seconds / self.seconds if self.seconds > 0 else 0.0
+
+
+# ------------------------------------------------------------------ training
+def train(
+    model: MobileNetV3,
+    split: Split,
+    config: TrainConfig,
+    steps: int,
+    seed: int,
+    progress: bool = True,
+) -> TrainStats:
+    """Train `model` in place: SGD with Nesterov momentum, warmup then cosine decay.
+
+    Args:
+        model: the network; trained in float32 in train mode.
+        split: the training images (normally `Dataset.train`).
+        config: batch size, peak LR, momentum, weight decay, label smoothing,
+            augmentation and threads.
+        steps: optimiser steps.
+        seed: seeds batch sampling, augmentation and dropout.
+        progress: show a tqdm bar.
+
+    Returns:
+        Steps, images, wall time, images/s, data-loading time and final loss.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite.
+    """
+    warmup = min(steps - 1, max(1, round(config.warmup * steps))) if steps > 1 else 0
+
+    def schedule(step: int) -> float:
+        if step < warmup:  # linear warmup: large LRs on a fresh BN network otherwise blow up
+            return config.lr * (step + 1) / warmup
+        progress_ = (step - warmup) / max(1, steps - warmup)
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress_))
+
+    return _run(model, split, config, steps, seed, schedule, progress, "train")
+
+
+def finetune(
+    model: MobileNetV3,
+    split: Split,
+    steps: int,
+    config: TrainConfig,
+    seed: int,
+    progress: bool = False,
+) -> TrainStats:
+    """NetAdapt's short-term fine-tune: `steps` steps at the constant `config.finetune_lr`.
+
+    Same machinery as `train` (sampling, augmentation, determinism), without a
+    schedule: a few dozen steps are too few for warmup or decay to matter.
+
+    Args:
+        model: the candidate network, trained in place.
+        split: the training images (never the holdout or test split).
+        steps: optimiser steps; 0 returns at once.
+        config: batch size, `finetune_lr`, momentum, weight decay, augmentation.
+        seed: seeds batch sampling, augmentation and dropout.
+        progress: show a tqdm bar (off by default: the search shows its own).
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite.
+    """
+    return _run(model, split, config, steps, seed, lambda step: config.finetune_lr, progress, "finetune")
+
+
+@torch.no_grad()
+def evaluate(model: MobileNetV3, split: Split, batch_size: int = 512, progress: bool = False) -> float:
+    """Top-1 accuracy of `model` on `split`, in [0, 1].
+
+    Runs in eval mode without gradients and restores the model's previous mode.
+
+    Args:
+        model: the network.
+        split: the images to classify (holdout for decisions, test for reports).
+        batch_size: images per forward pass.
+        progress: show a tqdm bar.
+    """
+    if len(split) == 0:
+        raise ValueError("evaluate() needs a non-empty split")
+    was_training = model.training
+    model.eval()
+    correct = 0
+    try:
+        starts = range(0, len(split), batch_size)
+        for start in tqdm(starts, desc="evaluate", unit="batch", disable=not progress, leave=False):
+            logits = model(split.images[start : start + batch_size])
+            correct += int((logits.argmax(dim=1) == split.labels[start : start + batch_size]).sum())
+    finally:
+        model.train(was_training)
+    return correct / len(split)
+
+
+def _run(
+    model: MobileNetV3,
+    split: Split,
+    config: TrainConfig,
+    steps: int,
+    seed: int,
+    lr_at: Callable[[int], float],
+    progress: bool,
+    description: str,
+) -> TrainStats:
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if len(split) < 2:
+        raise ValueError(f"training needs at least 2 images (BatchNorm), the split has {len(split)}")
+    batch_size = min(config.batch_size, len(split))
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout draws from the global generator
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        # No weight decay on BN scales/shifts and biases (1-d tensors): decaying
+        # them only fights the normalisation.
+        (decay if parameter.dim() > 1 else no_decay).append(parameter)
+    optimizer = torch.optim.SGD(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr_at(0) if steps else 0.0,
+        momentum=config.momentum,
+        nesterov=config.momentum > 0,
+    )
+    batches = _batches(split, batch_size, generator, config.crop_padding, config.flip)
+    recent: list[float] = []
+    data_seconds = 0.0
+    model.train()
+    with _threads(config.threads):
+        start = time.perf_counter()
+        bar = tqdm(total=steps, desc=description, unit="step", disable=not progress, leave=progress)
+        try:
+            for step in range(steps):
+                lr = lr_at(step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                data_start = time.perf_counter()
+                images, labels = next(batches)
+                data_seconds += time.perf_counter() - data_start
+                loss = F.cross_entropy(model(images), labels, label_smoothing=config.label_smoothing)
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise TrainingDiverged(
+                        f"{description} diverged at step {step + 1} of {steps}: loss is {value} at lr {lr:g}; "
+                        f"lower train.{'lr' if description == 'train' else 'finetune_lr'}"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                recent = (recent + [value])[-50:]
+                bar.update(1)
+                if progress and step % 10 == 0:
+                    elapsed = time.perf_counter() - start
+                    bar.set_postfix(loss=f"{value:.3f}", img_s=f"{(step + 1) * batch_size / elapsed:.0f}")
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - start
+        if steps and config.bn_recalibration > 0:
+            recalibrate_batchnorm(model, split, config.bn_recalibration, config.eval_batch_size)
+    images_seen = steps * batch_size
+    return TrainStats(
+        steps=steps,
+        images=images_seen,
+        seconds=seconds,
+        images_per_second=images_seen / seconds if seconds > 0 else 0.0,
+        data_seconds=data_seconds,
+        final_loss=sum(recent) / len(recent) if recent else float("nan"),
+    )
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: MobileNetV3, split: Split, images: int = 1024, batch_size: int = 512) -> None:
+    """Recompute every BatchNorm's running mean and variance on the first `images` of `split`.
+
+    With MobileNetV3's BN momentum of 0.01 the running statistics trail the
+    weights by ~100 steps, so a short run (a NetAdapt fine-tune of a few dozen
+    steps after surgery changed a layer's inputs) is evaluated with stale
+    statistics. An exact average over a few batches fixes that for the cost of
+    a few forward passes (as OFA does for its sub-networks). Deterministic: no
+    sampling, no augmentation; dropout is active but does not reach any BN.
+
+    Args:
+        model: the network, updated in place; left in train mode.
+        split: the training images.
+        images: how many images to average over.
+        batch_size: images per forward pass.
+    """
+    norms = [module for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # None: cumulative average over the batches seen
+    model.train()
+    try:
+        for start in range(0, min(images, len(split)), batch_size):
+            model(split.images[start : min(start + batch_size, images)])
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+
+
+def _batches(
+    split: Split, batch_size: int, generator: torch.Generator, padding: int, flip: bool
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless shuffled batches without replacement within an epoch, augmented on the tensor."""
+    count = len(split)
+    while True:
+        order = torch.randperm(count, generator=generator)
+        for start in range(0, count - batch_size + 1, batch_size):  # drop the ragged tail
+            index = order[start : start + batch_size]
+            images = split.images[index]
+            if padding > 0:
+                images = _random_crop(images, padding, generator)
+            if flip:
+                mirrored = torch.rand(batch_size, generator=generator) < 0.5
+                images = torch.where(mirrored.view(-1, 1, 1, 1), images.flip(3), images)
+            yield images, split.labels[index]
+
+
+def _random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Random crop after zero padding (zero = the normalised mean), one offset per image."""
+    n, _, height, width = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    rows = (dy.view(n, 1) + torch.arange(height)).view(n, 1, height, 1)
+    cols = (dx.view(n, 1) + torch.arange(width)).view(n, 1, 1, width)
+    batch = torch.arange(n).view(n, 1, 1, 1)
+    channels = torch.arange(images.shape[1]).view(1, -1, 1, 1)
+    return padded[batch, channels, rows, cols]
+
+
+@contextmanager
+def _threads(threads: int) -> Iterator[None]:
+    """Use `threads` intra-op threads inside the block (0: leave torch's setting), then restore."""
+    previous = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+# --------------------------------------------------------------- checkpoints
+def save_checkpoint(path: str | Path, model: MobileNetV3) -> Path:
+    """Write `model` as one `.pt` file: format tag, spec YAML text and state dict.
+
+    The write is atomic (temporary file, fsync, rename), so a kill leaves the
+    old checkpoint or the new one.
+
+    Returns:
+        The path written.
+    """
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "spec": model.spec.to_yaml(),
+        "state_dict": {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    path = Path(path)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def load_checkpoint(path: str | Path) -> MobileNetV3:
+    """Rebuild the model saved by `save_checkpoint` (in eval mode).
+
+    Reads with `torch.load(weights_only=True)`: only tensors and plain data,
+    never code.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, not a netadapt
+            checkpoint, or its weights do not fit its spec.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found; train one with `netadapt train`")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for corrupt files (zip, pickle, EOF, runtime)
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path}: not a netadapt checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
+    try:
+        spec = NetSpec.from_yaml(payload["spec"])
+        model = build(spec)
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: checkpoint is inconsistent ({type(error).__name__}: {error})") from None
+    return model.eval()
+
+
+# ------------------------------------------------------------ base network
+@dataclass(frozen=True, eq=False)
+class BaseTraining:
+    """The result of `train_base`: the trained model and where it was written."""
+
+    model: MobileNetV3
+    stats: TrainStats
+    holdout_accuracy: float
+    test_accuracy: float
+    out_dir: Path
+    metrics: dict
+
+
+def base_spec(model_config: ModelConfig, dataset: Dataset) -> NetSpec:
+    """The base network's spec: a preset/width or a spec file, with classes and channels from the data.
+
+    Raises:
+        ConfigError: the spec file is missing or invalid, or the width is not positive.
+    """
+    if model_config.spec:
+        try:
+            spec = NetSpec.load(model_config.spec)
+        except FileNotFoundError:
+            raise ConfigError(f"model.spec {model_config.spec}: file not found") from None
+        except ValueError as error:
+            raise ConfigError(f"model.spec {model_config.spec}: {error}") from None
+        # The data decides the stem's input channels and the classifier's outputs.
+        return spec.replace(in_channels=dataset.in_channels, num_classes=dataset.num_classes)
+    if not model_config.width > 0:
+        raise ConfigError(f"model.width must be > 0, got {model_config.width}")
+    return preset(
+        model_config.preset,
+        width=model_config.width,
+        num_classes=dataset.num_classes,
+        in_channels=dataset.in_channels,
+    )
+
+
+def train_base(
+    config: Config,
+    out_dir: str | Path,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> BaseTraining:
+    """Train the base network from `config` and write its run directory.
+
+    Writes `base.pt` (checkpoint), `spec.yaml`, `config.yaml` (resolved) and
+    `metrics.json` under `out_dir`. Holdout and test accuracy are both
+    reported; NetAdapt later decides on the holdout only.
+
+    Args:
+        config: the whole config (model, data, train sections and the seed).
+        out_dir: the run directory; must not already hold a `base.pt`.
+        progress: show tqdm bars.
+        log: where progress lines go.
+
+    Raises:
+        RunDirError: `out_dir` already holds a checkpoint.
+        DataError, ConfigError, TrainingDiverged: see `load_dataset` and `train`.
+    """
+    out_dir = Path(out_dir)
+    if (out_dir / "base.pt").exists():
+        raise RunDirError(f"{out_dir / 'base.pt'} already exists; choose another --out or remove it")
+    load_start = time.perf_counter()
+    dataset = load_dataset(config.data)
+    load_seconds = time.perf_counter() - load_start
+    spec = base_spec(config.model, dataset)
+    log(
+        f"data: {dataset.source}: {len(dataset.train)} train / {len(dataset.holdout)} holdout / "
+        f"{len(dataset.test)} test images, {dataset.in_channels}x{config.data.resolution}x{config.data.resolution}, "
+        f"{dataset.num_classes} classes (loaded in {load_seconds:.1f} s)"
+    )
+    model = build(spec)
+    log(f"model: {spec.name or config.model.spec}, {model.num_params():,} parameters")
+    stats = train(model, dataset.train, config.train, config.train.steps, config.seed, progress=progress)
+    log(
+        f"trained {stats.steps} steps in {stats.seconds:.1f} s: {stats.images_per_second:.0f} images/s, "
+        f"data loading {100 * stats.data_share:.1f}% of the time, final loss {stats.final_loss:.3f}"
+    )
+    with _threads(config.train.threads):
+        holdout = evaluate(model, dataset.holdout, config.train.eval_batch_size)
+        test = evaluate(model, dataset.test, config.train.eval_batch_size, progress=progress)
+    log(f"accuracy: holdout {100 * holdout:.2f}%, test {100 * test:.2f}%")
+    metrics = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dataset": dataset.source,
+        "model": spec.name,
+        "parameters": model.num_params(),
+        "steps": stats.steps,
+        "images": stats.images,
+        "train_seconds": round(stats.seconds, 2),
+        "images_per_second": round(stats.images_per_second, 1),
+        "data_share": round(stats.data_share, 4),
+        "final_loss": round(stats.final_loss, 4),
+        "holdout_accuracy": holdout,
+        "test_accuracy": test,
+        "threads": config.train.threads or torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "spec.yaml", spec.to_yaml())
+    atomic_write_text(out_dir / "config.yaml", config.to_yaml())
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    save_checkpoint(out_dir / "base.pt", model)  # last: its presence marks a complete directory
+    return BaseTraining(model, stats, holdout, test, out_dir, metrics)

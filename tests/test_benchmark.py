@@ -1,0 +1,145 @@
+"""The onnxruntime benchmarker: statistics, run counts, fingerprint, target from config, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+from mobilenetv3 import build
+from netadapt.benchmark import (
+    LocalMeasurer,
+    Measurement,
+    Measurer,
+    Target,
+    measure,
+    measure_spec,
+    measure_spec_ms,
+    scheduling_priority,
+    summarize,
+)
+from netadapt.cli.main import main
+from netadapt.config import MeasureConfig, TargetConfig
+from netadapt.errors import ConfigError
+from netadapt.onnx_export import export_onnx, onnx_bytes
+
+SHAPE = (1, 1, 32, 32)
+FAST = dict(warmup_runs=2, min_runs=12, min_seconds=0.0, max_runs=1000)
+
+
+@pytest.fixture
+def tiny_onnx(tiny_spec) -> bytes:
+    return onnx_bytes(build(tiny_spec), SHAPE)
+
+
+def test_summarize_statistics_on_known_times():
+    times = [float(x) for x in range(1, 11)]  # 1..10 ms
+    result = summarize(times, {"cpu": "x"})
+    assert result.median_ms == pytest.approx(5.5)
+    assert result.p10_ms == pytest.approx(np.percentile(times, 10))
+    assert result.p90_ms == pytest.approx(np.percentile(times, 90))
+    assert result.mean_ms == pytest.approx(5.5)
+    assert result.cv == pytest.approx(np.std(times, ddof=1) / 5.5)
+    assert result.runs == 10 and result.fingerprint == {"cpu": "x"}
+
+
+def test_summarize_median_ignores_one_preempted_run():
+    # Why the median is the figure: a single 100x outlier moves the mean only.
+    result = summarize([1.0] * 20 + [100.0])
+    assert result.median_ms == 1.0 and result.mean_ms > 5.0
+
+
+def test_summarize_refuses_no_runs():
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+def test_measure_tiny_model_respects_min_runs(tiny_onnx):
+    result = measure(tiny_onnx, Target(input_shape=SHAPE, **FAST))
+    assert result.runs >= 12
+    assert 0 < result.p10_ms <= result.median_ms <= result.p90_ms
+    assert result.mean_ms > 0 and result.cv >= 0
+    assert result.fingerprint["threads"] == 1
+
+
+def test_measure_runs_until_min_seconds(tiny_onnx):
+    # With min_runs=1 only the time floor can keep it going past one run.
+    result = measure(tiny_onnx, Target(input_shape=SHAPE, warmup_runs=0, min_runs=1, min_seconds=0.05))
+    assert result.runs > 1
+    assert result.mean_ms * result.runs >= 0.05 * 1e3 * 0.99
+
+
+def test_measure_stops_at_max_runs(tiny_onnx):
+    result = measure(tiny_onnx, Target(input_shape=SHAPE, warmup_runs=0, min_runs=5, min_seconds=60.0, max_runs=7))
+    assert result.runs == 7
+
+
+def test_fingerprint_is_stable_json_and_names_the_settings():
+    a = Target(threads=1, optimization_level="all")
+    fingerprint = a.fingerprint()
+    assert json.loads(json.dumps(fingerprint)) == fingerprint
+    assert fingerprint == Target(threads=1, min_runs=3).fingerprint()  # measuring settings are not the target
+    for key in ("cpu", "cores", "onnxruntime", "provider", "threads", "optimization_level"):
+        assert key in fingerprint
+    assert Target(threads=2).fingerprint() != fingerprint
+    assert Target(optimization_level="basic").fingerprint() != fingerprint
+
+
+def test_target_from_config_and_validation():
+    target = Target.from_config(
+        TargetConfig(threads=2, optimization_level="extended", batch=4), MeasureConfig(min_runs=7), (1, 3, 64, 64)
+    )
+    assert target.threads == 2 and target.optimization_level == "extended"
+    assert target.input_shape == (4, 3, 64, 64) and target.min_runs == 7
+    with pytest.raises(ConfigError, match="NoSuchProvider"):
+        Target(provider="NoSuchProvider")
+    with pytest.raises(ConfigError, match="optimization_level"):
+        Target(optimization_level="max")
+    with pytest.raises(ConfigError, match="priority"):
+        Target(priority="urgent")
+    assert Target(priority="realtime").fingerprint() == Target().fingerprint()  # precision, not the target
+
+
+@pytest.mark.parametrize("priority", ["high", "realtime"])
+def test_scheduling_priority_is_restored(priority, tiny_onnx):
+    policy, nice = os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # without root it warns and measures at normal priority
+        with scheduling_priority(priority):
+            pass
+        result = measure(tiny_onnx, Target(input_shape=SHAPE, priority=priority, **FAST))
+    assert result.runs >= 12
+    assert os.sched_getscheduler(0) == policy and os.getpriority(os.PRIO_PROCESS, 0) == nice
+
+
+def test_local_measurer_is_a_measurer_and_measures_specs(tiny_spec):
+    measurer = LocalMeasurer(Target(input_shape=SHAPE, **FAST))
+    assert isinstance(measurer, Measurer)
+    result = measure_spec(tiny_spec, measurer, SHAPE)
+    assert isinstance(result, Measurement) and result.fingerprint == measurer.fingerprint()
+    assert measure_spec_ms(tiny_spec, measurer, SHAPE) > 0
+    with pytest.raises(ConfigError, match="channels"):
+        measure_spec(tiny_spec, measurer, (1, 3, 32, 32))
+
+
+def test_bench_cli_onnx_file_json(tmp_path, tiny_spec, capsys):
+    path = export_onnx(build(tiny_spec), tmp_path / "tiny.onnx", SHAPE)
+    assert main(["bench", str(path), "--json", "--min-runs", "5", "--min-seconds", "0", "--warmup", "1"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["runs"] >= 5 and data["median_ms"] > 0
+    assert {"p10_ms", "p90_ms", "mean_ms", "cv", "fingerprint"} <= set(data)
+
+
+def test_bench_cli_preset_text(capsys):
+    args = ["bench", "--preset", "small", "--width", "0.35", "--input", "1x3x32x32", "--min-runs", "5", "--min-seconds", "0"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "small-0.35 at 1x3x32x32" in out and "median" in out and "runs" in out
+
+
+def test_bench_cli_missing_file_is_a_clear_error(tmp_path, capsys):
+    assert main(["bench", str(tmp_path / "nope.onnx")]) == 2
+    assert "nope.onnx" in capsys.readouterr().err

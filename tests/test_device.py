@@ -1,0 +1,412 @@
+"""The remote target: a real `netadapt device serve` on loopback, in a subprocess."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlencode
+
+import onnx
+import pytest
+
+from mobilenetv3 import build, preset
+from netadapt.benchmark import LocalMeasurer, Measurer, Target
+from netadapt.cli.main import main
+from netadapt.config import MeasureConfig, TargetConfig
+from netadapt.device_server import parse_settings, target_settings
+from netadapt.errors import ConfigError, DeviceError
+from netadapt.measurers import make_measurer
+from netadapt.onnx_export import onnx_bytes
+from netadapt.remote import RemoteMeasurer, parse_device
+
+TOKEN = "test-token-0123456789"
+LIGHT = Target(input_shape=(1, 1, 32, 32), warmup_runs=1, min_runs=3, min_seconds=0.01)
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    port: int
+    log: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+
+def start_server(log: Path, *args: str, token_env: bool = True, port: int = 0) -> Server:
+    """Start `netadapt device serve` and wait for its 'listening on' line (the real port)."""
+    env = {k: v for k, v in os.environ.items() if k != "NETADAPT_DEVICE_TOKEN"}
+    if token_env:
+        env["NETADAPT_DEVICE_TOKEN"] = TOKEN
+    command = [sys.executable, "-m", "netadapt.cli.main", "device", "serve", "--port", str(port), *args]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log.open("w"), env=env, text=True)
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    if not selector.select(timeout=120):  # a hang, not a timing: startup imports torch
+        process.kill()
+        raise RuntimeError(f"device server printed nothing; log: {log.read_text()}")
+    line = process.stdout.readline()
+    if "listening on http://" not in line:
+        process.kill()
+        raise RuntimeError(f"device server did not start: {line!r}; log: {log.read_text()}")
+    return Server(process, int(line.split()[2].rsplit(":", 1)[1]), log)
+
+
+def stop(server: Server) -> None:
+    server.process.terminate()
+    server.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Server:
+    log = tmp_path_factory.mktemp("device") / "server.log"
+    # 1 MiB upload limit and a 2 s upload timeout keep the 413 and stall cases small and quick.
+    running = start_server(log, "--max-upload-mb", "1", "--upload-timeout", "2")
+    yield running
+    stop(running)
+
+
+@pytest.fixture(scope="module")
+def model() -> bytes:
+    return onnx_bytes(build(preset("small", width=0.25, num_classes=10, in_channels=1)), (1, 1, 32, 32))
+
+
+def request(server: Server, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def measurements_done(server: Server) -> int:
+    status, answer = request(server, "GET", "/", headers=HEADERS)
+    assert status == 200
+    return answer["measurements"]
+
+
+def raw_exchange(server: Server, head: bytes, body: bytes = b"", close_early: bool = False) -> bytes:
+    """Send bytes on a plain socket; return everything the server sends until it closes."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        sock.sendall(head + body)
+        if close_early:
+            return b""
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def post_head(length: int, token: str = TOKEN) -> bytes:
+    return (
+        f"POST /measure?min_runs=3&min_seconds=0.01 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+# ------------------------------------------------------------------ round trip
+def test_round_trip_returns_statistics_and_the_device_fingerprint(server, model):
+    before = measurements_done(server)
+    measurer = RemoteMeasurer(server.address, LIGHT, token=TOKEN)
+    assert isinstance(measurer, Measurer)
+    result = measurer.measure(model)
+    assert result.runs >= 3
+    assert 0 < result.p10_ms <= result.median_ms <= result.p90_ms
+    assert result.mean_ms > 0 and result.cv >= 0
+    status, health = request(server, "GET", "/?min_runs=3&min_seconds=0.01", headers=HEADERS)
+    assert status == 200
+    assert result.fingerprint == health["fingerprint"] == measurer.fingerprint()
+    # Loopback: the device is this machine, so its fingerprint is the local one.
+    assert measurer.fingerprint() == LocalMeasurer(LIGHT).fingerprint()
+    assert measurements_done(server) == before + 1
+
+
+def test_settings_reach_the_device(server, model):
+    measurer = RemoteMeasurer(server.address, LIGHT.with_settings(threads=2, optimization_level="basic", min_runs=7), token=TOKEN)
+    result = measurer.measure(model)
+    assert result.runs >= 7
+    assert result.fingerprint["threads"] == 2 and result.fingerprint["optimization_level"] == "basic"
+
+
+def test_every_target_setting_travels_to_the_device():
+    target = LIGHT.with_settings(threads=3, inter_op_threads=2, optimization_level="extended", allow_spinning=False,
+                                 warmup_runs=4, min_runs=6, min_seconds=0.125, max_runs=99)
+    query = urlencode(target_settings(target))
+    settings = parse_settings(query)
+    assert settings.pop("batch") == target.input_shape[0]
+    assert Target(input_shape=target.input_shape, **settings) == target
+
+
+def test_health_check_without_token_shows_no_fingerprint(server):
+    status, answer = request(server, "GET", "/")
+    assert status == 200 and answer["status"] == "ok"
+    assert "fingerprint" not in answer and "measurements" not in answer
+
+
+# ------------------------------------------------------------------------ 401
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}])
+def test_measure_without_a_valid_token_is_401_and_measures_nothing(server, model, headers):
+    before = measurements_done(server)
+    status, answer = request(server, "POST", "/measure?min_runs=3", body=model, headers=headers)
+    assert status == 401 and "token" in answer["error"]
+    assert measurements_done(server) == before
+
+
+def test_wrong_token_is_a_clear_client_error(server, model):
+    status, _ = request(server, "GET", "/", headers={"Authorization": "Bearer wrong"})
+    assert status == 401
+    with pytest.raises(DeviceError, match="rejected the token"):
+        RemoteMeasurer(server.address, LIGHT, token="wrong").measure(model)
+
+
+# ------------------------------------------------------------------------ 413
+def test_oversized_upload_is_413_before_the_body_is_read(server):
+    before = measurements_done(server)
+    # Headers only: had the server waited for the body it would answer 408 after its upload timeout.
+    answer = raw_exchange(server, post_head(10**9))
+    assert answer.startswith(b"HTTP/1.0 413"), answer[:200]
+    assert b"limit of 1048576 bytes" in answer
+    assert measurements_done(server) == before
+
+
+def test_client_refuses_a_model_over_the_device_limit(server):
+    before = measurements_done(server)
+    big = b"\0" * (2**20 + 1)  # the client checks the size before it uploads anything
+    with pytest.raises(DeviceError, match="over the upload limit"):
+        RemoteMeasurer(server.address, LIGHT, token=TOKEN).measure(big)
+    assert measurements_done(server) == before
+
+
+# ------------------------------------------------------------------------ 400
+def _model_without_nodes() -> bytes:
+    graph = onnx.helper.make_graph([], "empty", [], [])
+    return onnx.helper.make_model(graph).SerializeToString()
+
+
+def _model_with_external_data(model: bytes) -> bytes:
+    proto = onnx.load_from_string(model)
+    tensor = proto.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", "/etc/hostname"
+    return proto.SerializeToString()
+
+
+def _model_with_dynamic_size(model: bytes) -> bytes:
+    proto = onnx.load_from_string(model)
+    proto.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "height"
+    return proto.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    "make_body, reason",
+    [
+        (lambda model: b"definitely not a protobuf", "not an ONNX model"),
+        (lambda model: b"\x80\x03cos\nsystem\n." + model[:10], "not an ONNX model"),  # a pickle is never unpickled
+        (lambda model: _model_without_nodes(), "no nodes"),
+        (_model_with_dynamic_size, "dimension 2 is not fixed"),
+        (_model_with_external_data, "uses external data"),  # would make the device open a local file
+    ],
+)
+def test_a_body_that_is_not_a_measurable_onnx_model_is_400_with_the_reason(server, model, make_body, reason):
+    before = measurements_done(server)
+    status, answer = request(server, "POST", "/measure", body=make_body(model), headers=HEADERS)
+    assert status == 400 and reason in answer["error"]
+    assert measurements_done(server) == before
+
+
+@pytest.mark.parametrize(
+    "query, named",
+    [
+        ("threads=many", "'threads'"),
+        ("min_seconds=soon", "'min_seconds'"),
+        ("allow_spinning=maybe", "'allow_spinning'"),
+        ("colour=blue", "'colour'"),
+        ("optimization_level=turbo", "optimization_level"),
+        ("provider=NoSuchExecutionProvider", "NoSuchExecutionProvider"),
+        ("min_runs=0", "min_runs"),
+    ],
+)
+def test_a_bad_setting_is_400_naming_it(server, model, query, named):
+    status, answer = request(server, "POST", f"/measure?{query}", body=model, headers=HEADERS)
+    assert status == 400 and named in answer["error"]
+
+
+def test_a_device_refusal_is_not_retried(server, caplog):
+    measurer = RemoteMeasurer(server.address, LIGHT, token=TOKEN, retries=3, backoff_s=0.01)
+    with caplog.at_level(logging.WARNING, logger="netadapt.remote"):
+        with pytest.raises(DeviceError, match=r"HTTP 400\): body is not an ONNX model"):
+            measurer.measure(b"junk")
+    assert "retrying" not in caplog.text
+
+
+# ------------------------------------------------------- dropped / stalled uploads
+def test_a_client_that_drops_mid_upload_does_not_wedge_the_queue(server, model):
+    raw_exchange(server, post_head(len(model)), model[: len(model) // 2], close_early=True)
+    # Bounded only so a wedged queue fails the test instead of hanging it.
+    result = RemoteMeasurer(server.address, LIGHT, token=TOKEN, timeout_s=30, retries=0).measure(model)
+    assert result.runs >= 3
+    deadline = time.monotonic() + 30
+    while "disconnected after" not in server.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert f"client disconnected after {len(model) // 2} of {len(model)} bytes" in server.log_text()
+
+
+def test_a_stalled_upload_holds_no_lock_and_is_dropped(server, model):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as stalled:
+        stalled.sendall(post_head(len(model)) + model[:100])
+        # Measured while the stalled upload is still open.
+        assert RemoteMeasurer(server.address, LIGHT, token=TOKEN, timeout_s=30, retries=0).measure(model).runs >= 3
+        answer = stalled.recv(65536)  # the server gives up after its 2 s upload timeout
+    assert answer.startswith(b"HTTP/1.0 408"), answer[:200]
+
+
+# ---------------------------------------------------------- concurrent clients
+def test_two_concurrent_clients_are_measured_one_after_the_other(server, model):
+    barrier = threading.Barrier(2)
+    results: dict[int, tuple] = {}
+    errors: list[BaseException] = []
+    # Long enough (0.3 s each) that two unserialised measurements would overlap.
+    target = LIGHT.with_settings(min_seconds=0.3)
+
+    def client(index: int) -> None:
+        try:
+            measurer = RemoteMeasurer(server.address, target, token=TOKEN)
+            measurer.fingerprint()
+            barrier.wait(timeout=60)
+            result = measurer.measure(model)
+            results[index] = (result, measurer.last_server_timing)
+        except BaseException as error:  # re-raised below in the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    assert len(results) == 2 and all(r.runs >= 3 for r, _ in results.values())
+    (_, first), (_, second) = sorted(results.values(), key=lambda item: item[1]["start_s"])
+    assert first["sequence"] != second["sequence"]
+    assert first["end_s"] <= second["start_s"], "measurements overlapped"
+
+
+# ---------------------------------------------------------------- client retries
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_client_retries_until_the_device_comes_up(tmp_path, model, caplog):
+    port = _free_port()
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    started: list[Server] = []
+
+    def start_later() -> None:
+        time.sleep(0.5)  # the client's first attempt finds nothing listening
+        started.append(start_server(tmp_path / "late.log", "--token-file", str(token_file), token_env=False, port=port))
+
+    launcher = threading.Thread(target=start_later)
+    launcher.start()
+    try:
+        measurer = RemoteMeasurer(f"127.0.0.1:{port}", LIGHT, token=TOKEN, retries=12, backoff_s=0.1)
+        with caplog.at_level(logging.WARNING, logger="netadapt.remote"):
+            result = measurer.measure(model)
+        assert result.runs >= 3
+        assert "retrying" in caplog.text
+    finally:
+        launcher.join(timeout=180)
+        for running in started:
+            stop(running)
+
+
+def test_client_gives_up_on_a_dead_port_with_a_clear_error():
+    port = _free_port()
+    measurer = RemoteMeasurer(f"127.0.0.1:{port}", LIGHT, token=TOKEN, retries=2, backoff_s=0.01)
+    with pytest.raises(DeviceError, match=rf"127\.0\.0\.1:{port} unreachable after 3 attempt\(s\)") as error:
+        measurer.fingerprint()
+    assert "last error" in str(error.value)
+
+
+# ------------------------------------------------------------ config and CLI
+@pytest.mark.parametrize(
+    "device, expected",
+    [
+        ("local", ("local", None)),
+        ("remote://127.0.0.1:8765", ("remote", ("127.0.0.1", 8765))),
+        ("remote://phone.lan:9000", ("remote", ("phone.lan", 9000))),
+        ("remote://[::1]:8765", ("remote", ("::1", 8765))),
+    ],
+)
+def test_parse_device(device, expected):
+    assert parse_device(device) == expected
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["remote", "http://127.0.0.1:8765", "remote://127.0.0.1", "remote://:8765", "remote://h:99999", "remote://h:0",
+     "remote://h:80/path", "remote://user:pw@h:80", "Local"],
+)
+def test_parse_device_rejects_malformed_devices_naming_the_key(device):
+    with pytest.raises(ConfigError, match="target.device"):
+        parse_device(device)
+
+
+def test_make_measurer_picks_local_or_remote(tmp_path, monkeypatch):
+    monkeypatch.delenv("NETADAPT_DEVICE_TOKEN", raising=False)
+    shape = (1, 1, 32, 32)
+    assert isinstance(make_measurer(TargetConfig(), MeasureConfig(), shape), LocalMeasurer)
+    with pytest.raises(ConfigError, match="NETADAPT_DEVICE_TOKEN"):
+        make_measurer(TargetConfig(device="remote://127.0.0.1:8765"), MeasureConfig(), shape)
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    remote = make_measurer(
+        TargetConfig(device="remote://127.0.0.1:8765", token_file=str(token_file), threads=2, retries=1),
+        MeasureConfig(min_runs=5),
+        shape,
+    )
+    assert isinstance(remote, RemoteMeasurer)
+    assert (remote.host, remote.port, remote.token, remote.retries) == ("127.0.0.1", 8765, "from-file", 1)
+    assert remote.target.threads == 2 and remote.target.min_runs == 5
+    assert "from-file" not in repr(remote)
+    with pytest.raises(ConfigError, match="target.token_file"):
+        make_measurer(TargetConfig(device="remote://h:1", token_file=str(tmp_path / "missing")), MeasureConfig(), shape)
+
+
+def test_serve_refuses_to_start_without_a_token(monkeypatch, capsys, tmp_path):
+    monkeypatch.delenv("NETADAPT_DEVICE_TOKEN", raising=False)
+    assert main(["device", "serve", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "NETADAPT_DEVICE_TOKEN" in err and "--token-file" in err
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    assert main(["device", "serve", "--port", "0", "--token-file", str(empty)]) == 2
+    assert "token file is empty" in capsys.readouterr().err
+
+
+def test_ping_prints_the_fingerprint(server, monkeypatch, capsys):
+    monkeypatch.setenv("NETADAPT_DEVICE_TOKEN", TOKEN)
+    assert main(["device", "ping", f"remote://{server.address}"]) == 0
+    out = capsys.readouterr().out
+    assert "ok" in out and '"onnxruntime"' in out

@@ -1,0 +1,265 @@
+"""Latency lookup table: keys, units, storage, refusal, on-demand fill, prediction of Large."""
+
+from __future__ import annotations
+
+import random
+import warnings
+
+import pytest
+
+import mobilenetv3 as m
+from mobilenetv3 import count
+from netadapt.benchmark import LocalMeasurer, Measurement, Target, cpu_model, measure_best_of, summarize
+from netadapt.cli.main import main
+from netadapt.errors import LatencyTableError
+from netadapt.groups import candidate_widths, prunable_groups
+from netadapt.lut import (
+    LatencyTable,
+    first_iteration_specs,
+    network_key,
+    random_subnetwork,
+    unit_module,
+    units_of,
+)
+
+SHAPE = (1, 1, 32, 32)
+FAST = dict(warmup_runs=1, min_runs=3, min_seconds=0.0)
+
+
+class CountingMeasurer:
+    """A Measurer that counts calls and can fail after a number of them (a killed build)."""
+
+    def __init__(self, fingerprint_extra: dict | None = None, fail_after: int | None = None) -> None:
+        self.inner = LocalMeasurer(Target(input_shape=SHAPE, **FAST))
+        self.extra = fingerprint_extra or {}
+        self.fail_after = fail_after
+        self.calls = 0
+
+    def fingerprint(self) -> dict:
+        return {**self.inner.fingerprint(), **self.extra}
+
+    def measure(self, onnx_bytes: bytes) -> Measurement:
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt("killed")
+        self.calls += 1
+        return self.inner.measure(onnx_bytes)
+
+
+def test_unit_keys_spell_out_everything(tiny_spec):
+    keys = [unit.key() for unit in units_of(tiny_spec, SHAPE)]
+    assert keys == [
+        "stem:32x32x1:o8:k3:s2:HS",
+        "block:16x16x8:e8:o8:k3:s1:se8:RE:x0:r1",
+        "block:16x16x8:e32:o16:k3:s2:se0:RE:x1:r0",
+        "block:8x8x16:e48:o16:k5:s1:se16:HS:x1:r1",
+        "last_conv:8x8x16:o64:k1:s1:HS",
+        "head:8x8x64:h32:o10",
+    ]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [dict(se_squeeze=8), dict(residual=False), dict(activation="relu"), dict(kernel=3), dict(expanded=40, se_squeeze=8)],
+)
+def test_every_block_field_changes_the_key(tiny_spec, change):
+    before = units_of(tiny_spec, SHAPE)[3].key()
+    after = units_of(tiny_spec.replace_block(2, **change), SHAPE)[3].key()
+    assert before != after
+
+
+def test_units_rebuild_the_network(tiny_spec):
+    # Each unit's module has exactly the parameters of its row in the block table,
+    # so the units are the network, cut at its seams.
+    units = units_of(tiny_spec, SHAPE)
+    rows = count(tiny_spec, 32)
+    assert [u.kind for u in units] == ["stem", "block", "block", "block", "last_conv", "head"]
+    for unit, row in zip(units, rows):
+        assert sum(p.numel() for p in unit_module(unit).parameters()) == row.params, unit.key()
+        assert unit.in_channels == row.in_channels
+
+
+def test_first_iteration_specs_are_every_single_group_cut(tiny_spec):
+    specs = first_iteration_specs(tiny_spec, granularity=8, min_channels=8)
+    groups = prunable_groups(tiny_spec, 8, 8)
+    assert specs[0] == tiny_spec
+    assert len(specs) == 1 + sum(len(candidate_widths(g)) for g in groups)
+    assert len(set(specs)) == len(specs)
+    for spec in specs:
+        assert all(b.expanded % 8 == 0 and b.out % 8 == 0 for b in spec.blocks)
+
+
+def test_random_subnetwork_stays_on_the_grid():
+    base = m.large()
+    spec = random_subnetwork(base, random.Random(1), granularity=8)
+    assert spec != base and network_key(spec, (1, 3, 224, 224)) == network_key(base, (1, 3, 224, 224))
+    assert all(b.expanded % 8 == 0 and b.out % 8 == 0 for b in spec.blocks)
+
+
+def test_on_demand_fill_measures_once_and_saves(tmp_path, tiny_spec):
+    path = tmp_path / "lut.csv"
+    measurer = CountingMeasurer()
+    table = LatencyTable.open(path, measurer, SHAPE)
+    first = table.predict_ms(tiny_spec)
+    # Every unit of the tiny spec is distinct: 6 entries.
+    assert measurer.calls == 6 and len(table) == 6 and path.is_file()
+    assert table.predict_ms(tiny_spec) == first and measurer.calls == 6
+    reopened = LatencyTable.open(path, measurer, SHAPE)
+    assert len(reopened) == 6 and reopened.predict_ms(tiny_spec) == pytest.approx(first, rel=1e-5)
+    assert measurer.calls == 6
+    cut = tiny_spec.replace_block(2, expanded=40, se_squeeze=8)
+    reopened.predict_ms(cut)
+    assert measurer.calls == 7  # only the changed block is new
+
+
+def test_save_load_round_trip_is_atomic(tmp_path, tiny_spec):
+    path = tmp_path / "lut.csv"
+    measurer = CountingMeasurer()
+    table = LatencyTable.open(path, measurer, SHAPE)
+    table.fill([tiny_spec, tiny_spec.replace(head_hidden=16)], progress=False)
+    correction = table.fit_correction([tiny_spec])
+    loaded = LatencyTable.open(path, measurer, SHAPE)
+    assert loaded.entries.keys() == table.entries.keys()
+    for key, row in table.entries.items():
+        assert loaded.entries[key]["median_ms"] == pytest.approx(row["median_ms"], rel=1e-5)
+        assert loaded.entries[key]["se"] == row["se"] and loaded.entries[key]["activation"] == row["activation"]
+    assert loaded.correction_for(tiny_spec).scale == pytest.approx(correction.scale)
+    assert loaded.correction_specs(tiny_spec) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["lut.csv"]  # no temporary files left behind
+    copy = tmp_path / "run" / "lut.csv"
+    loaded.save_copy(copy)
+    assert len(LatencyTable.open(copy, measurer, SHAPE)) == len(loaded)
+
+
+def test_two_writers_merge_their_entries(tmp_path, tiny_spec):
+    path = tmp_path / "lut.csv"
+    first = LatencyTable.open(path, CountingMeasurer(), SHAPE)
+    second = LatencyTable.open(path, CountingMeasurer(), SHAPE)
+    first.predict_ms(tiny_spec)
+    second.predict_ms(tiny_spec.replace(head_hidden=16))  # saves after `first` did
+    assert len(LatencyTable.open(path, CountingMeasurer(), SHAPE)) == 7
+
+
+class ScriptedMeasurer:
+    """A Measurer whose medians come from a script: lets a test know every figure."""
+
+    def __init__(self, medians: list[float]) -> None:
+        self.medians = iter(medians)
+
+    def fingerprint(self) -> dict:
+        return {"cpu": "scripted"}
+
+    def measure(self, onnx_bytes: bytes) -> Measurement:
+        return summarize([next(self.medians)])
+
+
+def test_remeasure_keeps_each_entrys_best(tmp_path, tiny_spec):
+    # Pass 1: every unit 5 ms. Pass 2: alternately 1 ms (kept) and 9 ms (ignored).
+    table = LatencyTable.open(tmp_path / "lut.csv", ScriptedMeasurer([5.0] * 6 + [1.0, 9.0] * 3), SHAPE)
+    assert table.fill([tiny_spec], progress=False) == 6
+    assert table.raw_sum_ms(tiny_spec) == pytest.approx(30.0)
+    assert table.remeasure([tiny_spec], progress=False) == 6
+    assert table.raw_sum_ms(tiny_spec) == pytest.approx(3 * 1.0 + 3 * 5.0)
+
+
+def test_correction_scales_the_sum(tmp_path, tiny_spec):
+    # Units sum to 6 x 2 ms = 12 ms; the whole network measures 9 ms: scale 0.75.
+    table = LatencyTable.open(tmp_path / "lut.csv", ScriptedMeasurer([2.0] * 6 + [9.0]), SHAPE)
+    table.fill([tiny_spec], progress=False)
+    assert table.predict_ms(tiny_spec) == pytest.approx(12.0)  # no correction yet: the raw sum
+    correction = table.fit_correction([tiny_spec])
+    assert correction.scale == pytest.approx(0.75) and correction.samples == 1
+    assert table.predict_ms(tiny_spec) == pytest.approx(9.0)
+    assert table.predict_ms(tiny_spec, "p10") == pytest.approx(9.0)
+
+
+def test_killed_build_keeps_measured_entries_and_resumes(tmp_path, tiny_spec):
+    path = tmp_path / "lut.csv"
+    specs = first_iteration_specs(tiny_spec)
+    with pytest.raises(KeyboardInterrupt):
+        LatencyTable.open(path, CountingMeasurer(fail_after=5), SHAPE).fill(specs, progress=False, save_every=2)
+    resumed = LatencyTable.open(path, CountingMeasurer(), SHAPE)
+    assert len(resumed) == 5  # everything measured before the kill
+    total = len(resumed.missing(specs)) + 5
+    measured = resumed.fill(specs, progress=False)
+    assert measured == total - 5 and len(resumed) == total
+
+
+def test_foreign_fingerprint_is_refused_naming_both(tmp_path, tiny_spec):
+    path = tmp_path / "lut.csv"
+    LatencyTable.open(path, CountingMeasurer(), SHAPE).predict_ms(tiny_spec)
+    with pytest.raises(LatencyTableError) as error:
+        LatencyTable.open(path, CountingMeasurer({"threads": 4, "cpu": "Other CPU"}), SHAPE)
+    message = str(error.value)
+    assert str(path) in message and "Other CPU" in message and cpu_model() in message
+    assert "threads" in message and message.count('"threads"') == 2
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "edit", "empty"])
+def test_corrupt_file_is_refused_naming_it(tmp_path, tiny_spec, damage):
+    path = tmp_path / "lut.csv"
+    LatencyTable.open(path, CountingMeasurer(), SHAPE).predict_ms(tiny_spec)
+    text = path.read_text()
+    if damage == "truncate":
+        path.write_text(text[: len(text) * 2 // 3])
+    elif damage == "garbage":
+        path.write_bytes(b"\x00\xff not a table")
+    elif damage == "edit":
+        path.write_text(text.replace("stem:32x32x1", "stem:64x64x1"))
+    else:
+        path.write_text("")
+    with pytest.raises(LatencyTableError, match=str(path)):
+        LatencyTable.open(path, CountingMeasurer(), SHAPE)
+
+
+def test_lut_cli_build_predict_validate(tmp_path, capsys):
+    table = tmp_path / "lut.csv"
+    flags = ["--preset", "small", "--width", "0.35", "--input", "1x3x32x32", "--table", str(table),
+             "--min-runs", "3", "--min-seconds", "0", "--warmup", "1"]
+    assert main(["lut", "build", *flags, "--fit-samples", "1", "--granularity", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "entries/s" in out and "correction for 11blocks@1x3x32x32" in out
+    assert main(["lut", "predict", *flags]) == 0
+    assert "0 entries measured on demand" in capsys.readouterr().out
+    rows = tmp_path / "val.csv"
+    assert main(["lut", "validate", *flags, "--samples", "2", "--out", str(rows)]) == 0
+    out = capsys.readouterr().out
+    assert "median |error|" in out and "within 5%" in out and "Spearman" in out
+    import pandas as pd
+
+    frame = pd.read_csv(rows)
+    assert len(frame) == 2 and {"predicted_ms", "measured_ms", "error_pct"} <= set(frame.columns)
+
+
+def test_lut_cli_refuses_foreign_table(tmp_path, capsys):
+    table = tmp_path / "lut.csv"
+    flags = ["--preset", "small", "--width", "0.35", "--input", "1x3x32x32", "--table", str(table),
+             "--min-runs", "2", "--min-seconds", "0", "--warmup", "0"]
+    assert main(["lut", "predict", *flags]) == 0
+    capsys.readouterr()
+    assert main(["lut", "predict", *flags, "--threads", "2"]) == 2
+    err = capsys.readouterr().err
+    assert str(table) in err and "another target" in err
+
+
+def test_predict_full_large_within_10_percent_of_measured(tmp_path):
+    # The one wall-clock assertion the issue asks for, in the configuration
+    # `netadapt lut build` leaves: the correction fitted on the base and random
+    # cuts of it; the prediction is then checked against a fresh measurement.
+    shape = (1, 3, 224, 224)
+    # Realtime priority (where permitted) keeps other jobs on a shared CI box
+    # from inflating one side of the comparison.
+    target = Target(input_shape=shape, warmup_runs=3, min_runs=15, min_seconds=0.1, priority="realtime")
+    measurer = LocalMeasurer(target)
+    table = LatencyTable.open(tmp_path / "lut.csv", measurer, shape)
+    base = m.large()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no permission for realtime: measured at normal priority
+        # Best of three passes for entries and whole networks alike, as the
+        # benchmark does: load bursts from other jobs only ever slow a run down.
+        rng = random.Random(0)
+        specs = [base] + [random_subnetwork(base, rng, min_fraction=0.75) for _ in range(2)]
+        table.fill(specs, progress=False, passes=3)
+        table.fit_correction(specs, repeats=3)
+        predicted = table.predict_ms(base)
+        measured = measure_best_of([base], measurer, shape, passes=3)[0].median_ms
+    assert predicted == pytest.approx(measured, rel=0.10)

@@ -1,0 +1,214 @@
+"""The NetAdapt loop end to end on a tiny network, the embedded data and real
+onnxruntime measurements."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from netadapt.errors import ConfigError, SearchError
+from netadapt.executor import CandidateResult, CandidateTask, LocalExecutor, evaluate_candidate
+from netadapt.groups import ChannelGroup, prunable_groups
+from netadapt.rundir import RunDir
+from netadapt.search import (
+    choose_width,
+    latency_reduction,
+    lower_bound_spec,
+    run_search,
+    select_proposal,
+)
+from netadapt.train import load_checkpoint
+
+LIGHT_MEASURE = ["measure.warmup_runs=2", "measure.min_runs=5", "measure.min_seconds=0.01"]
+
+
+# --------------------------------------------------------------- pure parts
+def test_schedule_is_geometric_from_the_base_latency():
+    assert latency_reduction(10.0, 0.025, 0.96, 1) == pytest.approx(0.25)
+    assert latency_reduction(10.0, 0.025, 0.96, 3) == pytest.approx(0.25 * 0.96**2)
+    with pytest.raises(ValueError):
+        latency_reduction(10.0, 0.025, 0.96, 0)
+
+
+def test_choose_width_takes_the_largest_width_that_meets_the_target(tiny_spec):
+    group = next(g for g in prunable_groups(tiny_spec) if g.name == "expanded[2]")  # 48 wide
+    # A latency model with a cliff: 40 channels cost more than 32 (as NCHWc blocking can).
+    cost = {40: 9.0, 32: 5.0, 24: 4.0, 16: 3.0, 8: 2.0}
+
+    def predict(spec):
+        return cost[spec.blocks[2].expanded]
+
+    assert choose_width(tiny_spec, group, 5.0, predict) == (32, 5.0)
+    assert choose_width(tiny_spec, group, 4.5, predict) == (24, 4.0)
+    assert choose_width(tiny_spec, group, 1.0, predict) is None
+
+
+def _result(group: str, accuracy: float | None, predicted: float, status: str = "ok") -> CandidateResult:
+    task = CandidateTask(1, ChannelGroup(group, "head", (), 64), 32, predicted, 0)
+    return CandidateResult(task, status, holdout_acc=accuracy)
+
+
+def test_selection_rules():
+    results = [_result("a", 0.80, 9.0), _result("b", 0.79, 7.0), _result("c", 0.95, 8.0, status="failed")]
+    # NetAdapt: the most accurate; the failed one never wins.
+    assert select_proposal(results, "accuracy", 0.82, 10.0).task.group.name == "a"
+    # MobileNetV3 §4.2: accuracy lost per ms saved: a loses 0.02/1 ms, b 0.03/3 ms.
+    assert select_proposal(results, "accuracy_per_latency", 0.82, 10.0).task.group.name == "b"
+    assert select_proposal([results[2]], "accuracy", 0.82, 10.0) is None
+    with pytest.raises(ConfigError, match="search.selection"):
+        select_proposal(results, "flops", 0.82, 10.0)
+
+
+def test_selection_is_order_independent():
+    results = [_result("a", 0.8, 9.0), _result("b", 0.8, 8.0), _result("c", 0.8, 8.0)]
+    winners = {select_proposal(order, "accuracy", 0.9, 10.0).task.group.name
+               for order in (results, results[::-1], results[1:] + results[:1])}
+    assert winners == {"c"}  # tie on accuracy and latency: the group name decides, not arrival order
+
+
+def test_lower_bound_spec_puts_every_group_at_its_minimum(tiny_spec):
+    smallest = lower_bound_spec(tiny_spec, 8, 8)
+    assert all(g.width == 8 for g in prunable_groups(smallest))
+
+
+# ------------------------------------------------------------ real searches
+def test_tiny_search_end_to_end(prepared, tmp_path):
+    budget = prepared.unreachable_budget()
+    config = prepared.config(f"search.budget_ms={budget}")
+    messages = []
+    result = run_search(config, out=tmp_path / "run", dataset=prepared.dataset, progress=False,
+                        echo=messages.append)
+    run = RunDir(result.run_dir)
+    history = run.read_history()
+    assert result.iterations == 3 and "max_iterations" in result.stop_reason
+    assert (run.path / "config.yaml").is_file() and run.lut_path.is_file() and run.log_path.stat().st_size > 0
+    for iteration in range(4):
+        assert run.checkpoint_path(iteration).is_file() and run.spec_path(iteration).is_file()
+    iterations = history[history["kind"] == "iteration"]
+    assert list(iterations["iteration"]) == [1, 2, 3]
+    candidates = history[history["kind"] == "candidate"]
+    chosen = candidates[candidates["status"] == "chosen"]
+    assert list(chosen["group"]) == list(iterations["group"])
+    for row in candidates[candidates["status"].isin(["ok", "chosen"])].itertuples():
+        assert row.width_after % 8 == 0 and row.width_after < row.width_before
+        assert row.predicted_ms <= row.target_ms + 1e-9
+        assert row.finetune_s > 0 and row.eval_s > 0 and 0 <= row.holdout_acc <= 1
+    # each iteration's chosen candidate is the most accurate (the default rule)
+    for iteration, rows in candidates[candidates["status"].isin(["ok", "chosen"])].groupby("iteration"):
+        assert rows.loc[rows["status"] == "chosen", "holdout_acc"].iloc[0] == rows["holdout_acc"].max()
+    final = load_checkpoint(run.checkpoint_path(3))
+    assert final.spec == result.final_spec
+    assert sum(1 for m in messages if m.startswith("iteration ")) == 3
+    # the measured latency of every winner is recorded next to its prediction
+    assert iterations["measured_ms"].notna().all() and iterations["predicted_ms"].notna().all()
+
+
+def test_base_that_meets_the_budget_is_the_only_member(prepared, tmp_path, capsys):
+    from netadapt.cli.main import main
+
+    code = main(["search", "--config", str(prepared.config_path), "--set",
+                 f"model.checkpoint={prepared.checkpoint}", "--budget-ms", "1000", "--out",
+                 str(tmp_path / "run"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "already meets the budget" in out and "<= 1000.000 ms" in out
+    run = RunDir(tmp_path / "run")
+    assert run.read_state()["finished"] and run.read_state()["iteration"] == 0
+    assert list(run.read_history()["kind"]) == ["base"]
+
+
+def test_budget_below_the_search_space_is_refused_up_front(prepared, tmp_path):
+    config = prepared.config("search.budget_ms=0.000001")
+    with pytest.raises(SearchError, match=r"below anything this search space can reach.*predicted latency is \d"):
+        run_search(config, out=tmp_path / "run", dataset=prepared.dataset, progress=False, echo=lambda m: None)
+    assert not (tmp_path / "run").exists(), "a refused search must not leave a run behind"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("search.budget_msec=3", "unknown key 'search.budget_msec'"),
+        ("search.finetune_steps=ten", "search.finetune_steps must be an integer"),
+        ("model.checkpoint=/no/such/base.pt", "model.checkpoint: file /no/such/base.pt not found"),
+    ],
+)
+def test_bad_config_fails_before_any_work(prepared, tmp_path, capsys, override, message):
+    from netadapt.cli.main import main
+
+    code = main(["search", "--config", str(prepared.config_path), "--budget-ms", "1", "--set", override,
+                 "--out", str(tmp_path / "run")])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_budget_is_a_config_error(prepared, tmp_path):
+    with pytest.raises(ConfigError, match="exactly one of search.budget_ms"):
+        run_search(prepared.config(), out=tmp_path / "run", progress=False)
+
+
+def diverge_on_head(context, task):
+    """A candidate function whose `expanded[2]` proposal blows up for real (a huge learning rate)."""
+    if task.group.name == "expanded[2]":
+        context = dataclasses.replace(context, train_config=dataclasses.replace(context.train_config, finetune_lr=1e12))
+    return evaluate_candidate(context, task)
+
+
+def test_a_diverging_candidate_is_recorded_and_skipped(prepared, tmp_path):
+    budget = prepared.unreachable_budget()
+    config = prepared.config(f"search.budget_ms={budget}", "search.max_iterations=1")
+    result = run_search(config, out=tmp_path / "run", dataset=prepared.dataset,
+                        executor=LocalExecutor(diverge_on_head), progress=False, echo=lambda m: None)
+    history = RunDir(result.run_dir).read_history()
+    head = history[(history["kind"] == "candidate") & (history["group"] == "expanded[2]")].iloc[0]
+    assert head["status"] == "failed" and "diverged" in head["reason"]
+    assert result.iterations == 1  # the search went on with the other candidates
+
+
+def test_kill_9_mid_iteration_then_resume_gives_the_same_network(prepared, tmp_path):
+    budget = prepared.unreachable_budget()
+    overrides = [f"search.budget_ms={budget}"]
+    reference = run_search(prepared.config(*overrides), out=tmp_path / "reference", dataset=prepared.dataset,
+                           progress=False, echo=lambda m: None)
+    config_path = tmp_path / "killed.yaml"
+    config_path.write_text(prepared.config(*overrides).to_yaml())
+    run = RunDir(tmp_path / "killed")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "netadapt.cli.main", "search", "--config", str(config_path), "--out", str(run.path),
+         "--no-progress"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None:
+            state = run.read_state() if run.state_path.exists() else None
+            if state and state["iteration"] >= 1:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, process.stderr.read().decode()
+        time.sleep(0.3)  # into iteration 2's candidates
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    killed_at = run.read_state()["iteration"]
+    assert killed_at < 3, "the kill came too late to test a resume"
+    resumed = run_search(resume=run.path, dataset=prepared.dataset, progress=False, echo=lambda m: None)
+    assert resumed.iterations == 3 and resumed.final_spec == reference.final_spec
+    expected = torch.load(RunDir(reference.run_dir).checkpoint_path(3), weights_only=True)["state_dict"]
+    actual = torch.load(run.checkpoint_path(3), weights_only=True)["state_dict"]
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+    columns = ["iteration", "kind", "group", "width_after", "holdout_acc"]
+    reference_rows = RunDir(reference.run_dir).read_history()[columns]
+    resumed_rows = run.read_history()[columns]
+    assert reference_rows.equals(resumed_rows), "history must hold each iteration exactly once"
+

@@ -1,0 +1,147 @@
+"""Training stage: determinism, divergence, checkpoints, a real short run, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from mobilenetv3 import build
+from netadapt.cli.main import main
+from netadapt.config import DataConfig, TrainConfig
+from netadapt.data import Split, load_dataset
+from netadapt.train import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    TrainingDiverged,
+    evaluate,
+    finetune,
+    load_checkpoint,
+    recalibrate_batchnorm,
+    save_checkpoint,
+    train,
+)
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return load_dataset(DataConfig())
+
+
+@pytest.fixture
+def small_split(embedded) -> Split:
+    return embedded.train.subset(512)
+
+
+# One thread: tiny networks gain nothing from two, and a shared CI machine's
+# load makes two-thread OpenMP barriers very slow.
+FAST = TrainConfig(batch_size=32, bn_recalibration=64, eval_batch_size=64, threads=1)
+
+
+def test_finetune_is_deterministic_for_a_seed(tiny_spec, small_split):
+    weights = []
+    for seed in (7, 7, 8):
+        torch.manual_seed(0)
+        model = build(tiny_spec)
+        finetune(model, small_split, 5, FAST, seed=seed)
+        weights.append(torch.cat([p.detach().flatten() for p in model.state_dict().values() if p.is_floating_point()]))
+    assert torch.equal(weights[0], weights[1])
+    assert not torch.equal(weights[0], weights[2])
+
+
+def test_train_stats_count_images_and_time(tiny_spec, small_split):
+    stats = train(build(tiny_spec), small_split, FAST, steps=6, seed=0, progress=False)
+    assert (stats.steps, stats.images) == (6, 6 * 32)
+    assert 0 < stats.data_seconds < stats.seconds and stats.images_per_second > 0
+    assert stats.final_loss == pytest.approx(stats.final_loss) and stats.final_loss > 0  # finite
+
+
+def test_evaluate_is_deterministic_and_restores_mode(tiny_spec, embedded):
+    model = build(tiny_spec).train()
+    split = embedded.holdout.subset(200)
+    first = evaluate(model, split, batch_size=64)
+    assert first == evaluate(model, split, batch_size=200)  # eval mode: batch size does not matter
+    assert model.training
+    assert 0.0 <= first <= 1.0
+
+
+def test_recalibration_makes_eval_statistics_match_the_data(tiny_spec, small_split):
+    model = build(tiny_spec)
+    recalibrate_batchnorm(model, small_split, images=256, batch_size=64)
+    stem_bn = model.features[0][1]
+    with torch.no_grad():
+        activations = model.features[0][0](small_split.images[:256])
+    assert torch.allclose(stem_bn.running_mean, activations.mean(dim=(0, 2, 3)), atol=1e-4)
+    assert stem_bn.momentum == 0.01  # restored
+
+
+def test_huge_learning_rate_raises_training_diverged(tiny_spec, small_split):
+    config = TrainConfig(batch_size=32, finetune_lr=1e12, bn_recalibration=0, threads=1)
+    with pytest.raises(TrainingDiverged, match=r"finetune diverged at step \d+ of 30: loss is (nan|inf)"):
+        finetune(build(tiny_spec), small_split, 30, config, seed=0)
+
+
+def test_checkpoint_round_trip(tiny_spec, small_split, tmp_path):
+    model = build(tiny_spec)
+    finetune(model, small_split, 2, FAST, seed=0)
+    path = save_checkpoint(tmp_path / "run" / "base.pt", model)
+    payload = torch.load(path, weights_only=True)
+    assert payload["format"] == CHECKPOINT_FORMAT and isinstance(payload["spec"], str)
+    loaded = load_checkpoint(path)
+    assert loaded.spec == tiny_spec and not loaded.training
+    model.eval()
+    images = small_split.images[:8]
+    with torch.no_grad():
+        assert torch.equal(loaded(images), model(images))
+
+
+def test_corrupt_checkpoint_is_refused(tiny_spec, tmp_path):
+    path = save_checkpoint(tmp_path / "base.pt", build(tiny_spec))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"base\.pt: not a readable checkpoint"):
+        load_checkpoint(path)
+
+
+def test_foreign_and_missing_checkpoints_are_refused(tiny_spec, tmp_path):
+    torch.save({"state_dict": build(tiny_spec).state_dict()}, tmp_path / "plain.pt")
+    with pytest.raises(CheckpointError, match=r"plain\.pt: not a netadapt checkpoint \(format None"):
+        load_checkpoint(tmp_path / "plain.pt")
+    torch.save(build(tiny_spec), tmp_path / "module.pt")  # a pickled module: weights_only refuses it
+    with pytest.raises(CheckpointError, match=r"module\.pt: not a readable checkpoint"):
+        load_checkpoint(tmp_path / "module.pt")
+    with pytest.raises(CheckpointError, match=r"absent\.pt: checkpoint not found"):
+        load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_short_training_on_embedded_data_beats_chance_widely(tiny_spec, embedded):
+    # Tiny network, 3000 images, 250 steps of 32: a few seconds on 2 cores.
+    torch.manual_seed(0)
+    model = build(tiny_spec)
+    config = TrainConfig(batch_size=32, lr=0.2, bn_recalibration=512, threads=1)
+    train(model, embedded.train.subset(3000), config, steps=250, seed=0, progress=False)
+    accuracy = evaluate(model, embedded.holdout)
+    assert accuracy > 0.6, f"holdout accuracy {accuracy:.3f} (chance is 0.1)"
+
+
+def test_train_command_end_to_end(tiny_spec, tmp_path, capsys):
+    spec_path = tmp_path / "tiny.yaml"
+    tiny_spec.replace(num_classes=3, in_channels=3).save(spec_path)  # the data overrides both
+    out = tmp_path / "run"
+    argv = ["train", "--set", f"model.spec={spec_path}", "--set", "train.steps=3", "--set", "train.batch_size=16"]
+    argv += ["--set", "train.bn_recalibration=32", "--set", "data.holdout=100", "--set", "train.threads=1"]
+    argv += ["--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "images/s" in printed and "holdout" in printed and "test" in printed
+    assert {p.name for p in out.iterdir()} == {"base.pt", "spec.yaml", "config.yaml", "metrics.json"}
+    model = load_checkpoint(out / "base.pt")
+    assert (model.spec.in_channels, model.spec.num_classes) == (1, 10)
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["train"]["steps"] == 3 and resolved["data"]["holdout"] == 100
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and 0 <= metrics["test_accuracy"] <= 1
+    # A second run into the same directory is refused rather than overwriting it.
+    assert main(argv) == 2
+    assert "already exists" in capsys.readouterr().err
