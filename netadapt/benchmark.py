@@ -110,9 +110,6 @@ class Target:
                 f"target.optimization_level must be one of {sorted(_OPTIMIZATION_LEVELS)}, "
                 f"got {self.optimization_level!r}"
             )
-        available = ort.get_available_providers()
-        if self.provider not in available:
-            raise ConfigError(f"target.provider {self.provider!r} is not available here; onnxruntime lists {available}")
         if self.threads < 0 or self.inter_op_threads < 0:
             raise ConfigError(f"target.threads and inter_op_threads must be >= 0, got {self.threads}, {self.inter_op_threads}")
         if self.priority not in PRIORITIES:
@@ -122,6 +119,13 @@ class Target:
                 "measure: need warmup_runs >= 0, min_runs >= 1, max_runs >= min_runs and min_seconds >= 0; got "
                 f"{self.warmup_runs}, {self.min_runs}, {self.max_runs}, {self.min_seconds}"
             )
+
+    def require_provider_here(self) -> None:
+        """Refuse a provider this machine's onnxruntime lacks. Not part of validation:
+        a remote device may have providers (CoreML, QNN, ...) the host does not."""
+        available = ort.get_available_providers()
+        if self.provider not in available:
+            raise ConfigError(f"target.provider {self.provider!r} is not available here; onnxruntime lists {available}")
 
     @classmethod
     def from_config(
@@ -287,6 +291,7 @@ def measure(onnx: bytes, target: Target) -> Measurement:
         onnx: the serialised model, e.g. from `netadapt.onnx_export.onnx_bytes`.
         target: provider, threads, how long to measure and at what priority.
     """
+    target.require_provider_here()
     with scheduling_priority(target.priority):
         session = ort.InferenceSession(onnx, sess_options=target.session_options(), providers=[target.provider])
         feeds = _input_for(session, target.input_shape)
@@ -307,6 +312,7 @@ class LocalMeasurer:
     """Measures in this process with onnxruntime."""
 
     def __init__(self, target: Target) -> None:
+        target.require_provider_here()  # fail when the search starts, not at its first measurement
         self.target = target
 
     def fingerprint(self) -> dict[str, Any]:

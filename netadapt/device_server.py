@@ -172,7 +172,9 @@ def parse_settings(query: str) -> dict[str, Any]:
 def _target(settings: dict[str, Any], input_shape: tuple[int, ...]) -> Target:
     fields = {k: v for k, v in settings.items() if k != "batch"}
     try:
-        return Target(input_shape=input_shape, **fields)  # type: ignore[arg-type]
+        target = Target(input_shape=input_shape, **fields)  # type: ignore[arg-type]
+        target.require_provider_here()
+        return target
     except ConfigError as error:
         # Target validates ranges and that the provider exists on *this* device.
         raise BadRequest(HTTPStatus.BAD_REQUEST, f"bad setting: {error}") from None

@@ -94,8 +94,11 @@ def test_target_from_config_and_validation():
     )
     assert target.threads == 2 and target.optimization_level == "extended"
     assert target.input_shape == (4, 3, 64, 64) and target.min_runs == 7
+    # A provider only a remote device has is a valid target description ...
+    remote_only = Target(provider="NoSuchProvider")
+    # ... but measuring here refuses it, naming it.
     with pytest.raises(ConfigError, match="NoSuchProvider"):
-        Target(provider="NoSuchProvider")
+        LocalMeasurer(remote_only)
     with pytest.raises(ConfigError, match="optimization_level"):
         Target(optimization_level="max")
     with pytest.raises(ConfigError, match="priority"):

@@ -410,3 +410,14 @@ def test_ping_prints_the_fingerprint(server, monkeypatch, capsys):
     assert main(["device", "ping", f"remote://{server.address}"]) == 0
     out = capsys.readouterr().out
     assert "ok" in out and '"onnxruntime"' in out
+
+
+def test_bench_measures_on_the_remote_target(server, monkeypatch, capsys):
+    monkeypatch.setenv("NETADAPT_DEVICE_TOKEN", TOKEN)
+    before = measurements_done(server)
+    assert main(["bench", "--preset", "small", "--width", "0.35", "--classes", "10", "--input", "1x1x32x32",
+                 "--target", f"remote://{server.address}", "--min-runs", "3", "--min-seconds", "0.01",
+                 "--warmup", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["median_ms"] > 0 and result["fingerprint"]["onnxruntime"]
+    assert measurements_done(server) == before + 1, "the measurement must happen on the device"

@@ -263,3 +263,15 @@ def test_predict_full_large_within_10_percent_of_measured(tmp_path):
         predicted = table.predict_ms(base)
         measured = measure_best_of([base], measurer, shape, passes=3)[0].median_ms
     assert predicted == pytest.approx(measured, rel=0.10)
+
+
+def test_validation_summary_needs_no_scipy():
+    import pandas as pd
+
+    from netadapt.lut import summarize_validation
+
+    frame = pd.DataFrame({"predicted_ms": [1.0, 2.0, 3.0, 4.0], "measured_ms": [1.0, 4.0, 9.0, 16.0]})
+    frame["error_pct"] = 100 * (frame["predicted_ms"] - frame["measured_ms"]) / frame["measured_ms"]
+    summary = summarize_validation(frame)
+    assert summary["spearman"] == pytest.approx(1.0)  # monotone but not linear: rank correlation is exactly 1
+    assert summary["within_5_pct"] == 0.25 and summary["samples"] == 4

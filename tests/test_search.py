@@ -156,7 +156,10 @@ def test_missing_budget_is_a_config_error(prepared, tmp_path):
 def diverge_on_head(context, task):
     """A candidate function whose `expanded[2]` proposal blows up for real (a huge learning rate)."""
     if task.group.name == "expanded[2]":
-        context = dataclasses.replace(context, train_config=dataclasses.replace(context.train_config, finetune_lr=1e12))
+        # An infinite step makes the weights inf/NaN, so the next step's loss is NaN
+        # for certain (a merely huge one can be tamed by BatchNorm).
+        context = dataclasses.replace(context, train_config=dataclasses.replace(context.train_config,
+                                                                                finetune_lr=float("inf")))
     return evaluate_candidate(context, task)
 
 
