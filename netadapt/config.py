@@ -85,6 +85,9 @@ class MeasureConfig:
     min_runs: int = 30  # time at least this many runs ...
     min_seconds: float = 0.2  # ... and for at least this long
     max_runs: int = 10_000  # upper bound for very fast models
+    # Whole-network measurements in the search keep the lowest median of this many
+    # sessions: other load only ever slows a run, so the minimum is the least disturbed.
+    repeats: int = 3
     # Scheduling of the measuring thread: "realtime" (SCHED_FIFO, needs root) keeps
     # other jobs on a shared machine from inflating the figures; "high" is nice -10.
     priority: Literal["normal", "high", "realtime"] = "normal"

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from mobilenetv3 import MobileNetV3, NetSpec, build
-from netadapt.base import obtain_base_model
+from netadapt.base import cache_dir, obtain_base_model
 from netadapt.benchmark import Measurer
 from netadapt.config import Config, load_config
 from netadapt.data import Dataset, load_dataset
@@ -40,7 +40,7 @@ from netadapt.executor import (
     describe,
 )
 from netadapt.groups import ChannelGroup, candidate_widths, prunable_groups, with_width
-from netadapt.lut import LatencyTable, calibration_specs
+from netadapt.lut import LatencyTable, calibration_specs, table_filename
 from netadapt.measurers import make_measurer
 from netadapt.onnx_export import onnx_bytes
 from netadapt.rundir import RunDir
@@ -184,9 +184,6 @@ def make_executor(config: Config) -> Executor:
 
 
 def default_table_path(measurer: Measurer) -> Path:
-    from netadapt.base import cache_dir
-    from netadapt.lut import table_filename
-
     return cache_dir() / "luts" / table_filename(measurer.fingerprint())
 
 
@@ -194,11 +191,12 @@ def default_table_path(measurer: Measurer) -> Path:
 class _Search:
     """One search's state; `run_search` is the public entry point."""
 
-    def __init__(self, config: Config, run: RunDir, measurer: Measurer, executor: Executor | None, progress: bool, echo):
+    def __init__(self, config: Config, run: RunDir, measurer: Measurer, table: LatencyTable, progress: bool, echo):
         self.config = config
         self.run = run
         self.measurer = measurer
-        self.executor = executor
+        self.table = table
+        self.executor: Executor | None = None  # set when iterations start
         self.progress = progress
         self.echo = echo
         self.log = run.logger()
@@ -247,7 +245,6 @@ def run_search(
     else:
         if config is None:
             raise ValueError("run_search needs a config for a new run")
-        validate_search_config(config)
         run = RunDir(out or Path("runs") / time.strftime("search-%Y%m%d-%H%M%S"))
     validate_search_config(config)
     torch.manual_seed(config.seed)
@@ -264,11 +261,12 @@ def run_search(
     if state is None:
         model, base_path = obtain_base_model(config, dataset, progress=progress, log=echo)
         model.eval()
-        base_ms, export_s, measure_s = _measure(measurer, model, shape)
+        base_ms, export_s, measure_s = _measure(measurer, model, shape, config.measure.repeats)
         budget_ms = resolve_budget(config, base_ms)
         if table.correction_specs(model.spec) == 0:
             table.fit_correction(calibration_specs(model.spec, config.lut.correction_samples, config.lut.granularity,
-                                                   config.lut.min_channels, config.lut.seed))
+                                                   config.lut.min_channels, config.lut.seed),
+                                 repeats=config.measure.repeats)
         smallest = lower_bound_spec(model.spec, config.lut.min_channels, config.lut.granularity)
         # Predicted, as the issue asks: the correction fitted above (on the base,
         # the smallest network and random cuts) puts it on the measured scale.
@@ -281,8 +279,7 @@ def run_search(
             )
         if resume is None:
             run.create(config.to_yaml())
-        search = _Search(config, run, measurer, executor, progress, echo)
-        search.table = table
+        search = _Search(config, run, measurer, table, progress, echo)
         base_acc = evaluate(model, dataset.holdout, config.train.eval_batch_size)
         test_acc = evaluate(model, dataset.test, config.train.eval_batch_size)
         predicted = table.predict_ms(model.spec)
@@ -302,8 +299,7 @@ def run_search(
         if finished:
             search.say(stop_reason)
     else:
-        search = _Search(config, run, measurer, executor, progress, echo)
-        search.table = table
+        search = _Search(config, run, measurer, table, progress, echo)
         model = load_checkpoint(run.checkpoint_path(state["iteration"]))
         search.say(f"resuming {run.path} after iteration {state['iteration']}")
     if not state["finished"]:
@@ -316,13 +312,13 @@ def run_search(
                         state["iteration"], state["stop_reason"], model.spec)
 
 
-def _measure(measurer: Measurer, model: MobileNetV3, shape) -> tuple[float, float, float]:
-    """Whole-model latency on the target: (median ms, export s, measure s)."""
+def _measure(measurer: Measurer, model: MobileNetV3, shape, repeats: int) -> tuple[float, float, float]:
+    """Whole-model latency on the target: (lowest median of `repeats` sessions, export s, measure s)."""
     start = time.perf_counter()
     data = onnx_bytes(model, shape)
     export_s = time.perf_counter() - start
     start = time.perf_counter()
-    median = measurer.measure(data).median_ms
+    median = min(measurer.measure(data).median_ms for _ in range(max(1, repeats)))
     return median, export_s, time.perf_counter() - start
 
 
@@ -381,7 +377,7 @@ def _iterate(search: _Search, dataset: Dataset, shape, state: dict[str, Any], mo
             winner_model.load_state_dict(winner.state_dict)
             winner_model.eval()
             try:
-                measured, export_s, measure_s = _measure(search.measurer, winner_model, shape)
+                measured, export_s, measure_s = _measure(search.measurer, winner_model, shape, config.measure.repeats)
                 break
             except NetadaptError as error:
                 winner.status, winner.reason = "failed", f"measurement failed: {error}"
