@@ -163,7 +163,7 @@ def parse_settings(query: str) -> dict[str, Any]:
             raise BadRequest(HTTPStatus.BAD_REQUEST, f"parameter {name!r} given {len(values)} times")
         try:
             settings[name] = SETTINGS[name](values[0])
-        except ValueError as error:
+        except ValueError:
             kind = _KINDS.get(SETTINGS[name], "value")
             raise BadRequest(HTTPStatus.BAD_REQUEST, f"parameter {name!r}: {values[0]!r} is not {kind}") from None
     return settings

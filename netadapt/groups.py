@@ -32,6 +32,7 @@ __all__ = [
     "STEM",
     "ChannelGroup",
     "candidate_widths",
+    "lower_bound_spec",
     "prunable_groups",
     "require_group_of",
     "se_squeeze_for",
@@ -117,6 +118,16 @@ def candidate_widths(group: ChannelGroup) -> list[int]:
     largest = (group.width - 1) // step * step
     smallest = -(-group.minimum // step) * step  # round the minimum up to the grid
     return list(range(largest, smallest - 1, -step))
+
+
+def lower_bound_spec(spec: NetSpec, min_channels: int = 8, granularity: int = 8) -> NetSpec:
+    """The smallest network of the search space: every group cut to its minimum."""
+    smallest = spec
+    for group in prunable_groups(spec, min_channels, granularity):
+        widths = candidate_widths(group)
+        if widths:
+            smallest = with_width(smallest, group, widths[-1])
+    return smallest
 
 
 def with_width(spec: NetSpec, group: ChannelGroup, width: int) -> NetSpec:

@@ -45,7 +45,7 @@ from mobilenetv3.model import _ACTIVATIONS, ConvNormActivation, InvertedResidual
 from mobilenetv3.spec import BlockSpec
 from netadapt.benchmark import Measurement, Measurer, measure_best_of
 from netadapt.errors import LatencyTableError
-from netadapt.groups import candidate_widths, prunable_groups, with_width
+from netadapt.groups import candidate_widths, lower_bound_spec, prunable_groups, with_width
 from netadapt.onnx_export import onnx_bytes
 
 __all__ = [
@@ -586,14 +586,9 @@ def calibration_specs(base: NetSpec, count: int, granularity: int = 8, min_chann
     """Whole networks to fit a correction on: the base, the smallest network of
     its search space, and random cuts between them, so the fit spans every size
     a search visits (the affine fit needs that spread)."""
-    smallest = base
-    for group in prunable_groups(base, min_channels, granularity):
-        widths = candidate_widths(group)
-        if widths:
-            smallest = with_width(smallest, group, widths[-1])
     rng = random.Random(f"correction-{seed}")
     cuts = [random_subnetwork(base, rng, granularity, min_channels) for _ in range(max(0, count - 2))]
-    return [base, smallest, *cuts][: max(count, 1)]
+    return [base, lower_bound_spec(base, min_channels, granularity), *cuts][: max(count, 1)]
 
 
 # --------------------------------------------------------------- validation

@@ -39,7 +39,7 @@ from netadapt.executor import (
     candidate_seed,
     describe,
 )
-from netadapt.groups import ChannelGroup, candidate_widths, prunable_groups, with_width
+from netadapt.groups import ChannelGroup, candidate_widths, lower_bound_spec, prunable_groups, with_width
 from netadapt.lut import LatencyTable, calibration_specs, table_filename
 from netadapt.measurers import make_measurer
 from netadapt.onnx_export import onnx_bytes
@@ -50,7 +50,6 @@ __all__ = [
     "SearchResult",
     "choose_width",
     "latency_reduction",
-    "lower_bound_spec",
     "resolve_budget",
     "run_search",
     "select_proposal",
@@ -121,16 +120,6 @@ def select_proposal(
     else:
         raise ConfigError(f"search.selection must be 'accuracy' or 'accuracy_per_latency', got {rule!r}")
     return max(ok, key=lambda r: (score(r), -r.task.predicted_ms, r.task.group.name))
-
-
-def lower_bound_spec(spec: NetSpec, min_channels: int, granularity: int) -> NetSpec:
-    """The smallest network of the search space: every group at its minimum."""
-    smallest = spec
-    for group in prunable_groups(spec, min_channels, granularity):
-        widths = candidate_widths(group)
-        if widths:
-            smallest = with_width(smallest, group, widths[-1])
-    return smallest
 
 
 def resolve_budget(config: Config, base_ms: float) -> float:

@@ -83,7 +83,7 @@ class PreparedSearch:
     def unreachable_budget(self) -> float:
         """A budget safely above the search space's lower bound that three 2% cuts
         cannot reach, so runs stop at max_iterations whatever the measurement noise."""
-        from netadapt.search import lower_bound_spec
+        from netadapt.groups import lower_bound_spec
 
         table = self.table()
         spec = searchable_spec()

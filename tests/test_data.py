@@ -168,7 +168,7 @@ def test_mean_with_wrong_length_is_a_config_error(tmp_path):
 
 # ------------------------------------------------------------------ CIFAR-10
 def test_cifar10_loads_and_converts_rgb_to_luminance(tmp_path):
-    root = write_cifar(tmp_path / "cifar-10-batches-bin")
+    write_cifar(tmp_path / "cifar-10-batches-bin")
     config = dict(dataset="cifar10", path=str(tmp_path), holdout=5, mean=[0.0], std=[1.0])
     rgb = load_dataset(DataConfig(channels=3, resolution=32, **config))
     assert (len(rgb.train), len(rgb.test)) == (45, 10) and rgb.class_names[0] == "airplane"

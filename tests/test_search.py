@@ -15,12 +15,11 @@ import torch
 
 from netadapt.errors import ConfigError, SearchError
 from netadapt.executor import CandidateResult, CandidateTask, LocalExecutor, evaluate_candidate
-from netadapt.groups import ChannelGroup, prunable_groups
+from netadapt.groups import ChannelGroup, lower_bound_spec, prunable_groups
 from netadapt.rundir import RunDir
 from netadapt.search import (
     choose_width,
     latency_reduction,
-    lower_bound_spec,
     run_search,
     select_proposal,
 )
