@@ -180,11 +180,12 @@ def export_family(
         proto = onnx.load_from_string(data)
         metadata = {
             "netadapt.name": name,
-            "netadapt.search_latency_ms": f"{row['search_ms']:.6f}",
-            "netadapt.export_latency_ms": f"{row['export_ms']:.6f}",
+            # repr: the full float, so the metadata and family.csv agree exactly
+            "netadapt.search_latency_ms": repr(float(row["search_ms"])),
+            "netadapt.export_latency_ms": repr(float(row["export_ms"])),
             "netadapt.target_fingerprint": json.dumps(fingerprint, sort_keys=True),
-            "netadapt.holdout_accuracy": f"{row['holdout_acc']:.6f}",
-            "netadapt.test_accuracy": f"{row['test_acc']:.6f}",
+            "netadapt.holdout_accuracy": repr(float(row["holdout_acc"])),
+            "netadapt.test_accuracy": repr(float(row["test_acc"])),
             "netadapt.spec": model.spec.to_yaml(),
         }
         for key, value in metadata.items():
