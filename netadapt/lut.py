@@ -214,8 +214,7 @@ def _fit_scale(sums: list[float], measured: list[float]) -> Correction:
     ratios = sums_array / measured_array
     scale = float(ratios.sum() / (ratios**2).sum())
     offset = 0.0
-    # Two parameters from close sums would extrapolate noise: the affine fit needs a wide spread.
-    if len(sums) >= 2 and sums_array.max() > 1.5 * sums_array.min():
+    if len(sums) >= 2 and sums_array.max() > 1.05 * sums_array.min():
         design = np.stack([ratios, 1.0 / measured_array], axis=1)
         (affine_scale, affine_offset), *_ = np.linalg.lstsq(design, np.ones(len(sums)), rcond=None)
         if affine_scale > 0 and np.all(affine_scale * sums_array + affine_offset > 0):

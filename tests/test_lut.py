@@ -259,9 +259,9 @@ def test_predict_full_large_within_10_percent_of_measured(tmp_path):
         rng = random.Random(0)
         specs = [base] + [random_subnetwork(base, rng, min_fraction=0.75) for _ in range(2)]
         table.fill(specs, progress=False, passes=3)
-        table.fit_correction(specs, repeats=5)
+        table.fit_correction(specs, repeats=3)
         predicted = table.predict_ms(base)
-        measured = measure_best_of([base], measurer, shape, passes=5)[0].median_ms
+        measured = measure_best_of([base], measurer, shape, passes=3)[0].median_ms
     assert predicted == pytest.approx(measured, rel=0.10)
 
 
