@@ -85,12 +85,18 @@ class MeasureConfig:
     min_runs: int = 30  # time at least this many runs ...
     min_seconds: float = 0.2  # ... and for at least this long
     max_runs: int = 10_000  # upper bound for very fast models
-    # Whole-network measurements in the search keep the lowest median of this many
+    # Whole-network measurements in the search keep the lowest figure of this many
     # sessions: other load only ever slows a run, so the minimum is the least disturbed.
-    repeats: int = 3
+    # 8 x min_seconds spans 1.6 s, enough to catch a quiet phase on this project's VM.
+    repeats: int = 8
     # Scheduling of the measuring thread: "realtime" (SCHED_FIFO, needs root) keeps
     # other jobs on a shared machine from inflating the figures; "high" is nice -10.
     priority: Literal["normal", "high", "realtime"] = "normal"
+    # The figure every part uses: "quiet" is the lowest median over `windows` rounds
+    # (interference on a shared or virtual machine comes in phases and only adds
+    # time); "median" of all runs suits a dedicated device; "p10" is also offered.
+    statistic: Literal["quiet", "median", "p10"] = "quiet"
+    windows: int = 10  # rounds the timed runs are split into (see netadapt/benchmark.py)
 
 
 @dataclass
@@ -101,6 +107,10 @@ class LutConfig:
     # Whole networks measured to fit the table's sum-to-network correction
     # (an isolated unit carries its own session overhead, so a raw sum overshoots).
     correction_samples: int = 4
+    # Each search iteration first measures, together, the units of every group's
+    # next `prefetch_widths` widths (most choices need only those); measuring
+    # them side by side is steadier than one at a time on demand.
+    prefetch_widths: int = 3
     seed: int = 0  # draws the random sub-networks of the correction fit and of `lut validate`
 
 

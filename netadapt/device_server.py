@@ -301,7 +301,7 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("internal error")
             self._answer(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {error!r}"}, drain=not body_read)
             return
-        self._answer(HTTPStatus.OK, result, detail=f"median {result['median_ms']:.3f} ms")
+        self._answer(HTTPStatus.OK, result, detail=f"latency {result['latency_ms']:.3f} ms")
 
     # ----------------------------------------------------------------- helpers
     def _authorise(self) -> None:

@@ -164,7 +164,7 @@ def export_family(
         difference = _max_abs_diff(model, data, check_images)
         if difference > 1e-4:
             raise RuntimeError(f"iteration {member.iteration}: onnxruntime differs from torch by {difference:.2e}")
-        export_ms = min(measurer.measure(data).median_ms for _ in range(max(1, config.measure.repeats)))
+        export_ms = min(measurer.measure(data).latency_ms for _ in range(max(1, config.measure.repeats)))
         rows.append({"iteration": member.iteration, "search_ms": member.measured_ms, "export_ms": export_ms,
                      "predicted_ms": member.predicted_ms, "holdout_acc": holdout, "test_acc": test,
                      "search_holdout_acc": search_holdout, "search_test_acc": search_test,

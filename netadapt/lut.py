@@ -43,7 +43,7 @@ from mobilenetv3.counts import spatial_after
 from mobilenetv3.fileio import atomic_write_text
 from mobilenetv3.model import _ACTIVATIONS, ConvNormActivation, InvertedResidual
 from mobilenetv3.spec import BlockSpec
-from netadapt.benchmark import Measurement, Measurer, measure_best_of
+from netadapt.benchmark import STATISTICS, Measurement, Measurer, measure_all, measure_best_of
 from netadapt.errors import LatencyTableError
 from netadapt.groups import candidate_widths, lower_bound_spec, prunable_groups, with_width
 from netadapt.onnx_export import onnx_bytes
@@ -64,9 +64,8 @@ __all__ = [
 ]
 
 FORMAT = "netadapt-lut"
-VERSION = 1
+VERSION = 2  # 2: entries carry quiet_ms (the lowest round median), the default statistic
 UNIT_KINDS = ("stem", "block", "last_conv", "head")
-STATISTICS = ("median", "p10")  # entry columns a prediction can sum
 
 
 # ----------------------------------------------------------------------- units
@@ -107,7 +106,7 @@ class Unit:
 
 
 _UNIT_COLUMNS = [f.name for f in dataclasses.fields(Unit)]
-_STAT_COLUMNS = ["median_ms", "p10_ms", "p90_ms", "mean_ms", "cv", "runs"]
+_STAT_COLUMNS = ["quiet_ms", "median_ms", "p10_ms", "p90_ms", "mean_ms", "cv", "runs"]
 _COLUMNS = ["key", *_UNIT_COLUMNS, *_STAT_COLUMNS]
 
 
@@ -240,7 +239,7 @@ class LatencyTable:
         entries: dict[str, dict[str, Any]],
         corrections: dict[str, Correction],
         fingerprint: dict[str, Any],
-        statistic: str = "median",
+        statistic: str = "quiet",
     ) -> None:
         self.path = Path(path)
         self.measurer = measurer
@@ -251,7 +250,7 @@ class LatencyTable:
         self.fingerprint = fingerprint
         if statistic not in STATISTICS:
             raise LatencyTableError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
-        self.statistic = statistic  # which column predictions sum; the median unless asked otherwise
+        self.statistic = statistic  # which column predictions sum: the measurer's statistic unless asked otherwise
         self._key_cache: dict[NetSpec, list[str]] = {}
         self.measured_count = 0  # entries measured by this object (on demand or by fill)
         self.measure_seconds = 0.0  # time spent exporting and measuring them
@@ -263,7 +262,7 @@ class LatencyTable:
         path: str | Path,
         measurer: Measurer,
         input_shape: tuple[int, int, int, int],
-        statistic: str = "median",
+        statistic: str | None = None,
     ) -> "LatencyTable":
         """Load the table at `path`, or start an empty one there if it does not exist.
 
@@ -271,13 +270,16 @@ class LatencyTable:
             path: the table file (CSV).
             measurer: measures missing entries; its fingerprint must match the file's.
             input_shape: (N, C, H, W) of the networks this table predicts.
-            statistic: "median" (the project's figure) or "p10"; see `predict_ms`.
+            statistic: the figure predictions sum and corrections fit ("quiet",
+                "median" or "p10"); default: the measurer's `statistic` (its
+                target's `measure.statistic`), else "quiet".
 
         Raises:
             LatencyTableError: the file is corrupt or truncated, or was built
                 for a target whose fingerprint differs from `measurer`'s.
         """
         path = Path(path)
+        statistic = statistic or getattr(measurer, "statistic", None) or "quiet"
         current = measurer.fingerprint()
         if not path.exists():
             return cls(path, measurer, input_shape, {}, {}, current, statistic)
@@ -354,7 +356,7 @@ class LatencyTable:
         if spec is not None:
             correction = self.correction_for(spec)
             return correction.samples if correction else 0
-        return sum(c.samples for k, c in self.corrections.items() if not k.endswith(":p10"))
+        return sum(c.samples for k, c in self.corrections.items() if _statistic_of(k) == self.statistic)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -377,25 +379,30 @@ class LatencyTable:
         return list(seen.values())
 
     def measure_unit(self, unit: Unit) -> Measurement:
-        """Export `unit` alone, measure it and store the entry (in memory; `save` writes it).
+        """Export `unit` alone, measure it and store the entry (in memory; `save` writes it)."""
+        return self._measure_units([unit])[0]
 
-        If the table already holds the unit, the measurement with the lower
-        median is kept: a machine shared with other jobs only ever makes a
+    def _measure_units(self, units: list[Unit]) -> list[Measurement]:
+        """Measure `units` together (interleaved where the measurer can) and store their entries.
+
+        If the table already holds a unit, the measurement with the lower
+        figure is kept: a machine shared with other jobs only ever makes a
         run slower, so the best of several passes, taken at different
         times, is the closest to the unloaded figure.
         """
         start = time.perf_counter()
-        measurement = self.measurer.measure(unit_onnx(unit, self.batch))
+        measurements = measure_all(self.measurer, [unit_onnx(unit, self.batch) for unit in units])
         self.measure_seconds += time.perf_counter() - start
-        self.measured_count += 1
-        old = self.entries.get(unit.key())
-        if old is None or measurement.median_ms < float(old["median_ms"]):
-            row = {"key": unit.key(), **dataclasses.asdict(unit)}
-            row.update({name: getattr(measurement, name) for name in _STAT_COLUMNS})
-            self.entries[unit.key()] = row
-        return measurement
+        self.measured_count += len(units)
+        for unit, measurement in zip(units, measurements):
+            old = self.entries.get(unit.key())
+            if old is None or measurement.statistic_ms(self.statistic) < float(old[f"{self.statistic}_ms"]):
+                row = {"key": unit.key(), **dataclasses.asdict(unit)}
+                row.update({name: getattr(measurement, name) for name in _STAT_COLUMNS})
+                self.entries[unit.key()] = row
+        return measurements
 
-    def fill(self, specs: Iterable[NetSpec], progress: bool = True, save_every: int = 20, passes: int = 1) -> int:
+    def fill(self, specs: Iterable[NetSpec], progress: bool = True, save_every: int = 16, passes: int = 1) -> int:
         """Measure every unit of `specs` that the table lacks; returns how many were measured.
 
         Args:
@@ -411,7 +418,7 @@ class LatencyTable:
             self._measure_all(todo, progress, save_every)
         return len(todo)
 
-    def remeasure(self, specs: Iterable[NetSpec], progress: bool = True, save_every: int = 20) -> int:
+    def remeasure(self, specs: Iterable[NetSpec], progress: bool = True, save_every: int = 16) -> int:
         """Measure every unit of `specs` once more, keeping each entry's best; returns the count."""
         seen: dict[str, Unit] = {}
         for spec in specs:
@@ -421,26 +428,27 @@ class LatencyTable:
         return len(seen)
 
     def _measure_all(self, units: list[Unit], progress: bool, save_every: int) -> None:
+        # Batches of `save_every` units are measured together (interleaved) and
+        # then saved, so a kill loses at most the batch being measured.
         bar = None
         if progress and units:
             from tqdm import tqdm
 
             bar = tqdm(total=len(units), desc="lut", unit="entry")
+        batch = max(1, save_every)
         try:
-            for index, unit in enumerate(units, 1):
-                self.measure_unit(unit)
+            for first in range(0, len(units), batch):
+                chunk = units[first : first + batch]
+                self._measure_units(chunk)
+                self.save()
                 if bar is not None:
-                    bar.update()
-                if index % save_every == 0:
-                    self.save()
+                    bar.update(len(chunk))
         finally:
             if bar is not None:
                 bar.close()
-            if units:
-                self.save()
 
     def entry_ms(self, unit: Unit) -> float:
-        """The stored median of `unit`, measured and saved first if missing."""
+        """The stored figure (the table's statistic) of `unit`, measured and saved first if missing."""
         row = self.entries.get(unit.key())
         if row is None:
             self.measure_unit(unit)
@@ -483,25 +491,29 @@ class LatencyTable:
 
         Args:
             spec: the network.
-            statistic: "median" (default: the table's) predicts the measured
-                median; "p10" the 10th percentile, which a loaded machine
-                disturbs less.
+            statistic: "quiet", "median" or "p10" (default: the table's); the
+                correction fitted for that statistic is applied.
         """
         correction = self.correction_for(spec, statistic)
         raw = self.raw_sum_ms(spec, statistic)
         return correction.apply(raw) if correction else raw
 
-    def fit_correction(self, specs: list[NetSpec], repeats: int = 1) -> Correction:
-        """Measure `specs` whole, fit `measured ≈ scale * raw sum` for their family and save it.
+    def fit_correction(
+        self, specs: list[NetSpec], repeats: int = 1, measured: list[Measurement] | None = None
+    ) -> Correction:
+        """Measure `specs` whole, fit `measured ≈ scale * raw sum + offset` for their family and save it.
 
-        Corrections for both statistics (median and p10) are fitted from the
-        same measurements; the table's own statistic's one is returned.
+        Corrections for every statistic (quiet, median and p10) are fitted
+        from the same measurements; the table's own statistic's one is returned.
 
         Args:
             specs: networks of one family (same block count and input); a few
                 of different sizes, e.g. the base and some random cuts.
             repeats: whole-network measurements per spec, in separate passes
                 over all specs; the best (lowest) is used, as for the entries.
+            measured: the specs' whole-network measurements, if the caller
+                already has them (e.g. measured side by side with other
+                networks); then nothing is measured here.
         """
         if not specs:
             raise LatencyTableError("fit_correction needs at least one spec")
@@ -509,17 +521,23 @@ class LatencyTable:
         if len(families) != 1:
             raise LatencyTableError(f"fit_correction: specs come from several families {sorted(families)}; fit each on its own")
         family = families.pop()
-        whole = measure_best_of(specs, self.measurer, self.input_shape, repeats)  # type: ignore[arg-type]
+        if measured is not None and len(measured) != len(specs):
+            raise LatencyTableError(f"fit_correction: {len(measured)} measurements for {len(specs)} specs")
+        whole = measured or measure_best_of(specs, self.measurer, self.input_shape, repeats)  # type: ignore[arg-type]
         for statistic in STATISTICS:
             sums = [self.raw_sum_ms(spec, statistic) for spec in specs]
-            measured = [getattr(m, f"{statistic}_ms") for m in whole]
-            self.corrections[_correction_key(family, statistic)] = _fit_scale(sums, measured)
+            figures = [m.statistic_ms(statistic) for m in whole]
+            self.corrections[_correction_key(family, statistic)] = _fit_scale(sums, figures)
         self.save()
         return self.corrections[_correction_key(family, self.statistic)]
 
 
 def _correction_key(family: str, statistic: str) -> str:
-    return family if statistic == "median" else f"{family}:{statistic}"
+    return f"{family}:{statistic}"
+
+
+def _statistic_of(correction_key: str) -> str:
+    return correction_key.rsplit(":", 1)[-1]
 
 
 def _read(path: Path) -> tuple[dict[str, Any], pd.DataFrame]:
@@ -618,7 +636,7 @@ def validate(table: LatencyTable, specs: list[NetSpec], progress: bool = True, p
         start = time.perf_counter()
         predicted = table.predict_ms(spec)
         predict_us = (time.perf_counter() - start) * 1e6
-        actual = getattr(measured, f"{table.statistic}_ms")
+        actual = measured.statistic_ms(table.statistic)
         predicted_p10 = table.predict_ms(spec, "p10")
         rows.append(
             {

@@ -118,6 +118,11 @@ class RemoteMeasurer:
         return f"RemoteMeasurer({self.address!r}, {self.target!r})"  # never shows the token
 
     # ---------------------------------------------------------------- Measurer
+    @property
+    def statistic(self) -> str:
+        """The figure `latency_ms` holds; the device computes it with this target's settings."""
+        return self.target.statistic
+
     def fingerprint(self) -> dict[str, Any]:
         """The device's fingerprint for this target's settings (asked once, then cached)."""
         return dict(self.health()["fingerprint"])
@@ -149,7 +154,7 @@ class RemoteMeasurer:
                 f"({limit} bytes); restart it with a larger --max-upload-mb"
             )
         answer = self._request("POST", "/measure", onnx_bytes)
-        fields = {name: answer[name] for name in ("median_ms", "p10_ms", "p90_ms", "mean_ms", "cv", "runs")}
+        fields = {name: answer[name] for name in ("median_ms", "p10_ms", "p90_ms", "mean_ms", "cv", "runs", "quiet_ms", "latency_ms")}
         result = Measurement(**fields, fingerprint=dict(answer.get("fingerprint", {})))
         expected = {k: v for k, v in health["fingerprint"].items() if k not in _MODEL_KEYS}
         got = {k: v for k, v in result.fingerprint.items() if k not in _MODEL_KEYS}

@@ -3,11 +3,13 @@
 The plot is optional (`pip install netadapt[plot]` brings matplotlib); the
 table never needs it. A width-multiplier baseline is drawn beside the family
 when the run directory holds `baseline.csv` (columns: name, measured_ms,
-test_acc), as the headline benchmark writes it.
+test_acc), as the headline benchmark writes it; `compare_to_baseline` is the
+benchmark's comparison of the two (benchmarks/headline.py).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -16,10 +18,24 @@ from netadapt.errors import RunDirError
 from netadapt.family import pareto_front, run_members
 from netadapt.rundir import RunDir
 
-__all__ = ["BASELINE_FILE", "family_table", "format_table", "plot_pareto", "report"]
+__all__ = ["BASELINE_FILE", "COMPARISON_COLUMNS", "compare_to_baseline", "family_table", "format_table", "plot_pareto",
+           "report"]
 
 BASELINE_FILE = "baseline.csv"
 PLOT_HINT = "pareto.png needs matplotlib: pip install 'netadapt[plot]'"
+
+COMPARISON_COLUMNS = [
+    "name",  # the baseline point, e.g. a width multiplier
+    "measured_ms",
+    "test_acc",
+    "matched_acc_member",  # fastest member at least as accurate as the point
+    "matched_acc_ms",
+    "speedup",  # measured_ms / matched_acc_ms; NaN when no member is accurate enough
+    "matched_ms_member",  # most accurate member at most as slow as the point
+    "matched_ms_acc",
+    "acc_gain",  # matched_ms_acc - test_acc; NaN when no member is fast enough
+    "dominated",  # some member has lower-or-equal latency and higher-or-equal accuracy
+]
 
 
 def family_table(run_path: str | Path) -> pd.DataFrame:
@@ -48,6 +64,42 @@ def format_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def compare_to_baseline(family: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
+    """NetAdapt's family against each baseline point, as the NetAdapt paper compares it with width multipliers.
+
+    For each baseline point: the speed-up at matched accuracy (its latency over
+    that of the fastest member with at least its accuracy) and the accuracy
+    gain at matched latency (the most accurate member with at most its
+    latency, minus its accuracy). The point is dominated when a member is no
+    slower and no less accurate, which is the same as a gain >= 0.
+
+    Args:
+        family: one row per member; columns name, measured_ms, test_acc.
+        baseline: one row per point; the same columns.
+    Returns:
+        One row per baseline point, in its order, with COMPARISON_COLUMNS;
+        NaN (and an empty member name) where no member qualifies.
+    """
+    rows = []
+    for point in baseline.itertuples(index=False):
+        accurate = family[family["test_acc"] >= point.test_acc]
+        fast = family[family["measured_ms"] <= point.measured_ms]
+        row = {"name": point.name, "measured_ms": point.measured_ms, "test_acc": point.test_acc,
+               "matched_acc_member": "", "matched_acc_ms": math.nan, "speedup": math.nan,
+               "matched_ms_member": "", "matched_ms_acc": math.nan, "acc_gain": math.nan}
+        if len(accurate):
+            fastest = accurate.iloc[accurate["measured_ms"].to_numpy().argmin()]  # positions: any index works
+            row.update(matched_acc_member=fastest["name"], matched_acc_ms=fastest["measured_ms"],
+                       speedup=point.measured_ms / fastest["measured_ms"])
+        if len(fast):
+            best = fast.iloc[fast["test_acc"].to_numpy().argmax()]
+            row.update(matched_ms_member=best["name"], matched_ms_acc=best["test_acc"],
+                       acc_gain=best["test_acc"] - point.test_acc)
+        row["dominated"] = bool(row["acc_gain"] >= 0)  # NaN compares False: no member is fast enough
+        rows.append(row)
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+
+
 def read_baseline(run_path: Path) -> pd.DataFrame | None:
     path = run_path / BASELINE_FILE
     if not path.is_file():
@@ -62,8 +114,16 @@ def read_baseline(run_path: Path) -> pd.DataFrame | None:
     return frame
 
 
-def plot_pareto(table: pd.DataFrame, baseline: pd.DataFrame | None, path: Path) -> bool:
-    """Write the accuracy-vs-latency plot; False when matplotlib is not installed."""
+def plot_pareto(table: pd.DataFrame, baseline: pd.DataFrame | None, path: Path, iterations: bool = True) -> bool:
+    """Write the accuracy-vs-latency plot; False when matplotlib is not installed.
+
+    Args:
+        table: the family; columns measured_ms, test_acc and pareto.
+        baseline: width-multiplier points (name, measured_ms, test_acc), or None.
+        path: the PNG file.
+        iterations: also draw every row as the search's path; False for a
+            table of Pareto members only.
+    """
     try:
         import matplotlib
 
@@ -72,7 +132,8 @@ def plot_pareto(table: pd.DataFrame, baseline: pd.DataFrame | None, path: Path) 
     except ImportError:
         return False
     figure, axes = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    axes.plot(table["measured_ms"], table["test_acc"] * 100, "o-", color="0.7", label="NetAdapt iterations")
+    if iterations:
+        axes.plot(table["measured_ms"], table["test_acc"] * 100, "o-", color="0.7", label="NetAdapt iterations")
     front = table[table["pareto"]]
     axes.plot(front["measured_ms"], front["test_acc"] * 100, "o", color="tab:blue", label="NetAdapt family (Pareto)")
     if baseline is not None and len(baseline):

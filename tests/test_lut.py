@@ -15,6 +15,7 @@ from netadapt.errors import LatencyTableError
 from netadapt.groups import candidate_widths, prunable_groups
 from netadapt.lut import (
     LatencyTable,
+    calibration_specs,
     first_iteration_specs,
     network_key,
     random_subnetwork,
@@ -177,11 +178,13 @@ def test_killed_build_keeps_measured_entries_and_resumes(tmp_path, tiny_spec):
     specs = first_iteration_specs(tiny_spec)
     with pytest.raises(KeyboardInterrupt):
         LatencyTable.open(path, CountingMeasurer(fail_after=5), SHAPE).fill(specs, progress=False, save_every=2)
+    # Entries are measured and saved in batches of `save_every` (2): the kill came
+    # during the third batch, so the two finished batches (4 entries) survive.
     resumed = LatencyTable.open(path, CountingMeasurer(), SHAPE)
-    assert len(resumed) == 5  # everything measured before the kill
-    total = len(resumed.missing(specs)) + 5
+    assert len(resumed) == 4
+    total = len(resumed.missing(specs)) + 4
     measured = resumed.fill(specs, progress=False)
-    assert measured == total - 5 and len(resumed) == total
+    assert measured == total - 4 and len(resumed) == total
 
 
 def test_foreign_fingerprint_is_refused_naming_both(tmp_path, tiny_spec):
@@ -243,26 +246,25 @@ def test_lut_cli_refuses_foreign_table(tmp_path, capsys):
 
 def test_predict_full_large_within_10_percent_of_measured(tmp_path):
     # The one wall-clock assertion the issue asks for, in the configuration
-    # `netadapt lut build` leaves: the correction fitted on the base and random
-    # cuts of it; the prediction is then checked against a fresh measurement.
+    # `netadapt lut build` leaves: the correction fitted on the calibration
+    # networks (the base, the smallest network of its search space, random
+    # cuts). The figure checked is a second, independent session of the full
+    # network, measured side by side with the calibration networks
+    # (interleaved, best of three passes), so a burst of load on a shared CI
+    # box moves both sides of the comparison alike.
     shape = (1, 3, 224, 224)
-    # Realtime priority (where permitted) keeps other jobs on a shared CI box
-    # from inflating one side of the comparison.
-    target = Target(input_shape=shape, warmup_runs=3, min_runs=15, min_seconds=0.1, priority="realtime")
+    target = Target(input_shape=shape, warmup_runs=3, min_runs=20, min_seconds=0.2, windows=5, priority="realtime")
     measurer = LocalMeasurer(target)
     table = LatencyTable.open(tmp_path / "lut.csv", measurer, shape)
     base = m.large()
+    calibration = calibration_specs(base, 4)
+    assert calibration[0] == base
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # no permission for realtime: measured at normal priority
-        # Best of three passes for entries and whole networks alike, as the
-        # benchmark does: load bursts from other jobs only ever slow a run down.
-        rng = random.Random(0)
-        specs = [base] + [random_subnetwork(base, rng, min_fraction=0.75) for _ in range(2)]
-        table.fill(specs, progress=False, passes=3)
-        table.fit_correction(specs, repeats=3)
-        predicted = table.predict_ms(base)
-        measured = measure_best_of([base], measurer, shape, passes=3)[0].median_ms
-    assert predicted == pytest.approx(measured, rel=0.10)
+        table.fill(calibration, progress=False, passes=3)
+        *calibration_measured, check = measure_best_of([*calibration, base], measurer, shape, passes=3)
+    table.fit_correction(calibration, measured=calibration_measured)
+    assert table.predict_ms(base) == pytest.approx(check.latency_ms, rel=0.10)
 
 
 def test_validation_summary_needs_no_scipy():

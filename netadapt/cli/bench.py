@@ -47,6 +47,10 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--priority", choices=["normal", "high", "realtime"], help="scheduling of the measuring thread (default: measure.priority)"
     )
+    parser.add_argument(
+        "--statistic", choices=["quiet", "median", "p10"],
+        help="the figure used: quiet = lowest round median (default: measure.statistic)",
+    )
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,7 @@ def resolve(args: argparse.Namespace) -> Resolved:
         "measure.min_runs": args.min_runs,
         "measure.min_seconds": args.min_seconds,
         "measure.priority": args.priority,
+        "measure.statistic": args.statistic,
         "model.preset": args.preset,
         "model.width": args.width,
     }
@@ -117,7 +122,8 @@ def format_measurement(label: str, m: Measurement) -> str:
     return "\n".join(
         [
             label,
-            f"  median {m.median_ms:.3f} ms   p10 {m.p10_ms:.3f}   p90 {m.p90_ms:.3f}   mean {m.mean_ms:.3f}   "
+            f"  latency {m.latency_ms:.3f} ms (quiet {m.quiet_ms:.3f}: lowest round median)   "
+            f"median {m.median_ms:.3f}   p10 {m.p10_ms:.3f}   p90 {m.p90_ms:.3f}   mean {m.mean_ms:.3f}   "
             f"cv {100 * m.cv:.1f}%   runs {m.runs}",
             f"  target: {fp.get('cpu')} ({fp.get('cores')} cores), onnxruntime {fp.get('onnxruntime')}, "
             f"{fp.get('provider')}, {fp.get('threads')} thread(s), optimisation {fp.get('optimization_level')}",
