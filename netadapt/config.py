@@ -145,6 +145,11 @@ class SearchConfig:
     decay: float = 0.96
     finetune_steps: int = 10  # short-term fine-tune per candidate (the paper: 500 on ImageNet)
     long_finetune_steps: int = 0  # after the search; 0 skips it
+    # When fewer than min_proposals groups can meet an iteration's target, its
+    # reduction is halved (up to max_reduction_halvings times; 0 keeps the
+    # paper's fixed schedule): see search.plan_iteration.
+    min_proposals: int = 3
+    max_reduction_halvings: int = 4
     selection: Literal["accuracy", "accuracy_per_latency"] = "accuracy"
     max_iterations: int = 100
 

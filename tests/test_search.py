@@ -15,11 +15,12 @@ import torch
 
 from netadapt.errors import ConfigError, SearchError
 from netadapt.executor import CandidateResult, CandidateTask, LocalExecutor, evaluate_candidate
-from netadapt.groups import ChannelGroup, lower_bound_spec, prunable_groups
+from netadapt.groups import ChannelGroup, candidate_widths, lower_bound_spec, prunable_groups
 from netadapt.rundir import RunDir
 from netadapt.search import (
     choose_width,
     latency_reduction,
+    plan_iteration,
     run_search,
     select_proposal,
 )
@@ -47,6 +48,43 @@ def test_choose_width_takes_the_largest_width_that_meets_the_target(tiny_spec):
     assert choose_width(tiny_spec, group, 5.0, predict) == (32, 5.0)
     assert choose_width(tiny_spec, group, 4.5, predict) == (24, 4.0)
     assert choose_width(tiny_spec, group, 1.0, predict) is None
+
+
+def test_plan_halves_the_reduction_until_enough_groups_can_meet_it(tiny_spec):
+    # A linear latency model where the last conv is expensive and the rest is
+    # cheap, like per-layer overhead: only the last conv can save a lot.
+    slope = {"last_conv": 0.1, "expanded[1]": 0.01, "bottleneck[1,2]": 0.01, "expanded[2]": 0.01, "head": 0.01}
+
+    def predict(spec):
+        return 1.0 + sum(g.width * slope.get(g.name, 0.0) for g in prunable_groups(spec))
+
+    groups = prunable_groups(tiny_spec)
+    current = predict(tiny_spec)
+    # The paper's fixed schedule: a 3 ms reduction, which only the last conv
+    # can give, and only by going down to 32 of its 64 channels.
+    fixed = plan_iteration(tiny_spec, groups, current, 3.0, predict, min_proposals=3, max_halvings=0)
+    assert fixed.halvings == 0 and fixed.target_ms == pytest.approx(current - 3.0)
+    assert [(g.name, c[0]) for g, c in fixed.choices if c] == [("last_conv", 32)]
+
+    # Halving: 1.5 ms still only the last conv; at 0.75 and 0.375 ms one 8-channel
+    # step of a cheap group saves 0.08 ms, too little; at 0.1875 ms cutting
+    # expanded[1] or the head to 8 channels (0.24 ms) or expanded[2] to 24
+    # (0.24 ms) meets it, and so does the last conv: four proposals.
+    plan = plan_iteration(tiny_spec, groups, current, 3.0, predict, min_proposals=3, max_halvings=6)
+    assert plan.halvings == 4 and plan.reduction_ms == pytest.approx(3.0 / 16)
+    assert plan.target_ms == pytest.approx(current - 3.0 / 16)
+    proposed = {g.name: c for g, c in plan.choices if c}
+    assert {name: width for name, (width, _) in proposed.items()} == {"expanded[1]": 8, "expanded[2]": 24,
+                                                                       "head": 8, "last_conv": 56}
+    assert all(predicted <= plan.target_ms for _, predicted in proposed.values())
+    assert plan.proposals == 4 and set(plan.predict_s) == {g.name for g in groups}
+
+    # Out of halvings: the last try is used as it is.
+    short = plan_iteration(tiny_spec, groups, current, 3.0, predict, min_proposals=3, max_halvings=2)
+    assert short.halvings == 2 and short.proposals == 1
+    # Asking for more proposals than groups that can shrink asks for all of them.
+    everyone = plan_iteration(tiny_spec, groups, current, 3.0, predict, min_proposals=50, max_halvings=10)
+    assert everyone.proposals == sum(bool(candidate_widths(g)) for g in groups)
 
 
 def _result(group: str, accuracy: float | None, predicted: float, status: str = "ok") -> CandidateResult:
