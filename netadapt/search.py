@@ -433,9 +433,9 @@ def _iterate(search: _Search, dataset: Dataset, shape, state: dict[str, Any], mo
             tasks.append(task)
             rows.append({"_task": task, "predict_s": predict_s, "lut_measure_s": lut_measure_s})
         if plan.halvings:
-            search.say(f"iteration {iteration}: only {plan.proposals} group(s) could save "
-                       f"{reduction:.4f} ms at the schedule's reduction; halved it {plan.halvings} time(s) "
-                       f"to {plan.reduction_ms:.4f} ms")
+            search.say(f"iteration {iteration}: fewer than {config.search.min_proposals} groups could save the "
+                       f"schedule's {reduction:.4f} ms; halved it {plan.halvings} time(s) to "
+                       f"{plan.reduction_ms:.4f} ms, which {plan.proposals} can")
         if not tasks:
             return _finish(search, dataset, shape, state, model, "no group can be cut to meet the next target", rows)
 
