@@ -98,7 +98,7 @@ def choose_width(
     return None
 
 
-@dataclass
+@dataclass(frozen=True)
 class IterationPlan:
     """One iteration's target and each group's proposed cut (None: it cannot meet the target)."""
 

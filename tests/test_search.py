@@ -66,8 +66,8 @@ def test_plan_halves_the_reduction_until_enough_groups_can_meet_it(tiny_spec):
     assert fixed.halvings == 0 and fixed.target_ms == pytest.approx(current - 3.0)
     assert [(g.name, c[0]) for g, c in fixed.choices if c] == [("last_conv", 32)]
 
-    # Halving: 1.5 ms still only the last conv; at 0.75 and 0.375 ms one 8-channel
-    # step of a cheap group saves 0.08 ms, too little; at 0.1875 ms cutting
+    # Halving: at 1.5 and 0.75 ms still only the last conv; at 0.375 ms
+    # expanded[2] cut to 8 channels (0.40 ms) joins it, two proposals; at 0.1875 ms cutting
     # expanded[1] or the head to 8 channels (0.24 ms) or expanded[2] to 24
     # (0.24 ms) meets it, and so does the last conv: four proposals.
     plan = plan_iteration(tiny_spec, groups, current, 3.0, predict, min_proposals=3, max_halvings=6)
