@@ -43,7 +43,7 @@ from mobilenetv3.counts import spatial_after
 from mobilenetv3.fileio import atomic_write_text
 from mobilenetv3.model import _ACTIVATIONS, ConvNormActivation, InvertedResidual
 from mobilenetv3.spec import BlockSpec
-from netadapt.benchmark import STATISTICS, Measurement, Measurer, measure_all, measure_best_of
+from netadapt.benchmark import DEFAULT_STATISTIC, STATISTICS, Measurement, Measurer, measure_all, measure_best_of
 from netadapt.errors import LatencyTableError
 from netadapt.groups import candidate_widths, lower_bound_spec, prunable_groups, with_width
 from netadapt.onnx_export import onnx_bytes
@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 FORMAT = "netadapt-lut"
-VERSION = 2  # 2: entries carry quiet_ms (the lowest round median), the default statistic
+VERSION = 3  # 2: entries carry quiet_ms (the lowest round median); 3: and min_ms (the fastest run)
 UNIT_KINDS = ("stem", "block", "last_conv", "head")
 
 
@@ -106,7 +106,7 @@ class Unit:
 
 
 _UNIT_COLUMNS = [f.name for f in dataclasses.fields(Unit)]
-_STAT_COLUMNS = ["quiet_ms", "median_ms", "p10_ms", "p90_ms", "mean_ms", "cv", "runs"]
+_STAT_COLUMNS = ["quiet_ms", "min_ms", "median_ms", "p10_ms", "p90_ms", "mean_ms", "cv", "runs"]
 _COLUMNS = ["key", *_UNIT_COLUMNS, *_STAT_COLUMNS]
 
 
@@ -174,15 +174,19 @@ def network_key(spec: NetSpec, input_shape: tuple[int, int, int, int]) -> str:
 
 
 def table_filename(fingerprint: dict[str, Any]) -> str:
-    """A file name unique to a target: `lut-<12 hex digits of the fingerprint's hash>.csv`."""
+    """A file name unique to a target and format: `lut-v<VERSION>-<12 hex digits of the fingerprint's hash>.csv`.
+
+    The version is in the name so that a cached table of an older format is
+    left alone (and a new one built) rather than refused by `netadapt search`.
+    """
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode("utf-8")).hexdigest()[:12]
-    return f"lut-{digest}.csv"
+    return f"lut-v{VERSION}-{digest}.csv"
 
 
 # ---------------------------------------------------------------- correction
 @dataclass(frozen=True)
 class Correction:
-    """measured ≈ scale * sum(unit medians) + offset_ms, fitted over whole networks of one family.
+    """measured ≈ scale * sum(unit figures) + offset_ms, fitted over whole networks of one family.
 
     The offset is why the fit is affine: every unit measured alone pays one
     session's fixed cost (input copy, output allocation, dispatch), the whole
@@ -239,7 +243,7 @@ class LatencyTable:
         entries: dict[str, dict[str, Any]],
         corrections: dict[str, Correction],
         fingerprint: dict[str, Any],
-        statistic: str = "quiet",
+        statistic: str = DEFAULT_STATISTIC,
     ) -> None:
         self.path = Path(path)
         self.measurer = measurer
@@ -271,15 +275,15 @@ class LatencyTable:
             measurer: measures missing entries; its fingerprint must match the file's.
             input_shape: (N, C, H, W) of the networks this table predicts.
             statistic: the figure predictions sum and corrections fit ("quiet",
-                "median" or "p10"); default: the measurer's `statistic` (its
-                target's `measure.statistic`), else "quiet".
+                "median", "p10" or "min"); default: the measurer's `statistic` (its
+                target's `measure.statistic`), else "min".
 
         Raises:
             LatencyTableError: the file is corrupt or truncated, or was built
                 for a target whose fingerprint differs from `measurer`'s.
         """
         path = Path(path)
-        statistic = statistic or getattr(measurer, "statistic", None) or "quiet"
+        statistic = statistic or getattr(measurer, "statistic", None) or DEFAULT_STATISTIC
         current = measurer.fingerprint()
         if not path.exists():
             return cls(path, measurer, input_shape, {}, {}, current, statistic)
@@ -491,7 +495,7 @@ class LatencyTable:
 
         Args:
             spec: the network.
-            statistic: "quiet", "median" or "p10" (default: the table's); the
+            statistic: "quiet", "median", "p10" or "min" (default: the table's); the
                 correction fitted for that statistic is applied.
         """
         correction = self.correction_for(spec, statistic)
@@ -503,7 +507,7 @@ class LatencyTable:
     ) -> Correction:
         """Measure `specs` whole, fit `measured ≈ scale * raw sum + offset` for their family and save it.
 
-        Corrections for every statistic (quiet, median and p10) are fitted
+        Corrections for every statistic (quiet, median, p10 and min) are fitted
         from the same measurements; the table's own statistic's one is returned.
 
         Args:
@@ -610,7 +614,13 @@ def calibration_specs(base: NetSpec, count: int, granularity: int = 8, min_chann
 
 
 # --------------------------------------------------------------- validation
-def validate(table: LatencyTable, specs: list[NetSpec], progress: bool = True, passes: int = 1) -> pd.DataFrame:
+def validate(
+    table: LatencyTable,
+    specs: list[NetSpec],
+    progress: bool = True,
+    passes: int = 1,
+    measured: list[Measurement] | None = None,
+) -> pd.DataFrame:
     """Predict and measure each spec whole; one row per spec.
 
     Missing entries are filled first (and saved), so the timing of a
@@ -622,6 +632,9 @@ def validate(table: LatencyTable, specs: list[NetSpec], progress: bool = True, p
         progress: show progress bars.
         passes: whole-network measurements per spec, in separate passes; the
             best is used (see `netadapt.benchmark.measure_best_of`).
+        measured: the specs' whole-network measurements, if the caller already
+            has them (e.g. taken with longer measuring settings than the
+            entries'); then nothing is measured whole here.
 
     Returns:
         Columns `index, predicted_ms, measured_ms, error_pct, raw_sum_ms,
@@ -629,8 +642,10 @@ def validate(table: LatencyTable, specs: list[NetSpec], progress: bool = True, p
         the same for the 10th percentile (`predicted_p10_ms, measured_p10_ms,
         error_p10_pct`) and the spec as JSON.
     """
+    if measured is not None and len(measured) != len(specs):
+        raise LatencyTableError(f"validate: {len(measured)} measurements for {len(specs)} specs")
     table.fill(specs, progress=progress)
-    measured_all = measure_best_of(specs, table.measurer, table.input_shape, passes)  # type: ignore[arg-type]
+    measured_all = measured or measure_best_of(specs, table.measurer, table.input_shape, passes)  # type: ignore[arg-type]
     rows = []
     for index, (spec, measured) in enumerate(zip(specs, measured_all)):
         start = time.perf_counter()

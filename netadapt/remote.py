@@ -154,7 +154,11 @@ class RemoteMeasurer:
                 f"({limit} bytes); restart it with a larger --max-upload-mb"
             )
         answer = self._request("POST", "/measure", onnx_bytes)
-        fields = {name: answer[name] for name in ("median_ms", "p10_ms", "p90_ms", "mean_ms", "cv", "runs", "quiet_ms", "latency_ms")}
+        statistics = ("median_ms", "p10_ms", "p90_ms", "mean_ms", "cv", "runs", "quiet_ms", "min_ms", "latency_ms")
+        missing = [name for name in statistics if name not in answer]
+        if missing:
+            raise DeviceError(f"device at {self.address} answered without {missing}; is it running an older netadapt?")
+        fields = {name: answer[name] for name in statistics}
         result = Measurement(**fields, fingerprint=dict(answer.get("fingerprint", {})))
         expected = {k: v for k, v in health["fingerprint"].items() if k not in _MODEL_KEYS}
         got = {k: v for k, v in result.fingerprint.items() if k not in _MODEL_KEYS}

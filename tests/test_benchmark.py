@@ -46,6 +46,15 @@ def test_summarize_statistics_on_known_times():
     assert result.runs == 10 and result.fingerprint == {"cpu": "x"}
 
 
+def test_summarize_min_is_the_fastest_run_and_can_be_the_figure():
+    # Three rounds of 4: the slow first round holds the fastest single run.
+    times = [9.0, 1.5, 9.0, 9.0, 5.0, 5.0, 5.0, 5.0, 6.0, 6.0, 6.0, 6.0]
+    result = summarize(times, windows=3, statistic="min")
+    assert result.min_ms == 1.5 and result.latency_ms == 1.5
+    assert result.quiet_ms == 5.0 and result.median_ms == 6.0
+    assert result.statistic_ms("min") == 1.5 and result.statistic_ms("quiet") == 5.0
+
+
 def test_summarize_median_ignores_one_preempted_run():
     # Why the median is the figure: a single 100x outlier moves the mean only.
     result = summarize([1.0] * 20 + [100.0])
@@ -60,7 +69,7 @@ def test_summarize_refuses_no_runs():
 def test_measure_tiny_model_respects_min_runs(tiny_onnx):
     result = measure(tiny_onnx, Target(input_shape=SHAPE, **FAST))
     assert result.runs >= 12
-    assert 0 < result.p10_ms <= result.median_ms <= result.p90_ms
+    assert 0 < result.min_ms <= result.p10_ms <= result.median_ms <= result.p90_ms
     assert result.mean_ms > 0 and result.cv >= 0
     assert result.fingerprint["threads"] == 1
 
@@ -130,10 +139,12 @@ def test_local_measurer_is_a_measurer_and_measures_specs(tiny_spec):
 
 def test_bench_cli_onnx_file_json(tmp_path, tiny_spec, capsys):
     path = export_onnx(build(tiny_spec), tmp_path / "tiny.onnx", SHAPE)
-    assert main(["bench", str(path), "--json", "--min-runs", "5", "--min-seconds", "0", "--warmup", "1"]) == 0
+    flags = ["--json", "--min-runs", "5", "--min-seconds", "0", "--warmup", "1", "--statistic", "p10"]
+    assert main(["bench", str(path), *flags]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["runs"] >= 5 and data["median_ms"] > 0
     assert {"p10_ms", "p90_ms", "mean_ms", "cv", "fingerprint"} <= set(data)
+    assert data["latency_ms"] == data["p10_ms"] and data["min_ms"] <= data["p10_ms"]
 
 
 def test_bench_cli_preset_text(capsys):

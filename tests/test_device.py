@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import http.server
 import json
 import logging
 import os
@@ -347,6 +348,40 @@ def test_client_gives_up_on_a_dead_port_with_a_clear_error():
     with pytest.raises(DeviceError, match=rf"127\.0\.0\.1:{port} unreachable after 3 attempt\(s\)") as error:
         measurer.fingerprint()
     assert "last error" in str(error.value)
+
+
+def test_an_answer_from_an_older_server_is_a_clear_error(model):
+    # A server from before the "min" statistic answers without min_ms.
+    fingerprint = LocalMeasurer(LIGHT).fingerprint()
+    old_answer = {"median_ms": 1.0, "p10_ms": 0.9, "p90_ms": 1.2, "mean_ms": 1.0, "cv": 0.1, "runs": 3,
+                  "quiet_ms": 1.0, "latency_ms": 1.0, "fingerprint": fingerprint}
+
+    class OldServer(http.server.BaseHTTPRequestHandler):
+        def _answer(self, payload: dict) -> None:
+            body = json.dumps(payload).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            self._answer({"fingerprint": fingerprint, "max_upload_bytes": 0})
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self._answer(old_answer)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), OldServer) as old:
+        threading.Thread(target=old.serve_forever, daemon=True).start()
+        try:
+            measurer = RemoteMeasurer(f"127.0.0.1:{old.server_address[1]}", LIGHT, token=TOKEN)
+            with pytest.raises(DeviceError, match=r"without \['min_ms'\].*older netadapt"):
+                measurer.measure(model)
+        finally:
+            old.shutdown()
 
 
 # ------------------------------------------------------------ config and CLI

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import warnings
 
@@ -214,6 +215,33 @@ def test_corrupt_file_is_refused_naming_it(tmp_path, tiny_spec, damage):
         LatencyTable.open(path, CountingMeasurer(), SHAPE)
 
 
+def test_table_of_an_older_format_is_refused_naming_the_version(tmp_path, tiny_spec):
+    # Version 2 tables lack min_ms: reading one would leave "min" predictions without data.
+    path = tmp_path / "lut.csv"
+    LatencyTable.open(path, CountingMeasurer(), SHAPE).predict_ms(tiny_spec)
+    first, _, body = path.read_text().partition("\n")
+    header = json.loads(first[2:])
+    header["version"] = 2
+    path.write_text("# " + json.dumps(header) + "\n" + body)
+    with pytest.raises(LatencyTableError, match="format version 2, this netadapt reads 3") as error:
+        LatencyTable.open(path, CountingMeasurer(), SHAPE)
+    assert str(path) in str(error.value)
+
+
+def test_table_sums_the_measurers_statistic(tmp_path, tiny_spec):
+    # Each scripted unit runs 4, 1, 4, 4 ms: median 4, fastest run (the default figure) 1.
+    class MedianMeasurer(ScriptedMeasurer):
+        statistic = "median"
+
+        def measure(self, onnx_bytes: bytes) -> Measurement:
+            return summarize([4.0, 1.0, 4.0, 4.0], statistic="median")
+
+    table = LatencyTable.open(tmp_path / "lut.csv", MedianMeasurer([]), SHAPE)
+    assert table.statistic == "median"
+    assert table.raw_sum_ms(tiny_spec) == pytest.approx(6 * 4.0)
+    assert table.raw_sum_ms(tiny_spec, "min") == pytest.approx(6 * 1.0)
+
+
 def test_lut_cli_build_predict_validate(tmp_path, capsys):
     table = tmp_path / "lut.csv"
     flags = ["--preset", "small", "--width", "0.35", "--input", "1x3x32x32", "--table", str(table),
@@ -224,13 +252,20 @@ def test_lut_cli_build_predict_validate(tmp_path, capsys):
     assert main(["lut", "predict", *flags]) == 0
     assert "0 entries measured on demand" in capsys.readouterr().out
     rows = tmp_path / "val.csv"
-    assert main(["lut", "validate", *flags, "--samples", "2", "--out", str(rows)]) == 0
+    assert main(["lut", "validate", *flags, "--samples", "2", "--out", str(rows), "--network-seconds", "0.01"]) == 0
     out = capsys.readouterr().out
     assert "median |error|" in out and "within 5%" in out and "Spearman" in out
     import pandas as pd
 
     frame = pd.read_csv(rows)
     assert len(frame) == 2 and {"predicted_ms", "measured_ms", "error_pct"} <= set(frame.columns)
+
+
+def test_lut_cli_refuses_a_negative_network_time(tmp_path, capsys):
+    flags = ["--preset", "small", "--width", "0.35", "--input", "1x3x32x32", "--table", str(tmp_path / "lut.csv"),
+             "--min-runs", "3", "--min-seconds", "0", "--warmup", "1", "--granularity", "64"]
+    assert main(["lut", "build", *flags, "--fit-samples", "1", "--network-seconds", "-1"]) == 2
+    assert "--network-seconds must be >= 0, got -1" in capsys.readouterr().err
 
 
 def test_lut_cli_refuses_foreign_table(tmp_path, capsys):

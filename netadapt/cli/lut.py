@@ -9,15 +9,18 @@ under the cache folder, where `netadapt search` looks too).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import time
 from pathlib import Path
 
 from mobilenetv3 import NetSpec
+from netadapt.benchmark import Measurement, measure_best_of
 from netadapt.measurers import make_measurer
 from netadapt.cli.bench import Resolved, add_target_arguments, resolve
 from netadapt.errors import ConfigError
 from netadapt.lut import (
+    Correction,
     calibration_specs,
     LatencyTable,
     first_iteration_specs,
@@ -32,7 +35,7 @@ __all__ = ["default_table_path", "register"]
 
 
 def default_table_path(fingerprint: dict) -> Path:
-    """<cache>/luts/lut-<short hash of the fingerprint>.csv: one file per target, shared with `search`."""
+    """<cache>/luts/lut-v<format>-<short hash of the fingerprint>.csv: one file per target, shared with `search`."""
     try:
         from netadapt.base import cache_dir
     except ImportError:  # the base-network cache arrives with the search; until then, a local folder
@@ -42,13 +45,18 @@ def default_table_path(fingerprint: dict) -> Path:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     add_target_arguments(parser)
-    parser.add_argument("--table", metavar="FILE", help="table file (default: lut.table, else ~/.cache/netadapt/luts/lut-<fingerprint>.csv)")
+    parser.add_argument("--table", metavar="FILE", help="table file (default: lut.table, else ~/.cache/netadapt/luts/lut-v<format>-<fingerprint>.csv)")
     parser.add_argument("--granularity", type=int, help="channel granularity (default: lut.granularity, 8)")
     parser.add_argument("--min-channels", type=int, help="smallest group width (default: lut.min_channels, 8)")
     parser.add_argument("--seed", type=int, help="seed of the random sub-networks (default: lut.seed)")
     parser.add_argument(
         "--passes", type=int, default=1,
         help="measure each new entry / whole network in this many passes, keeping the best (default 1)",
+    )
+    parser.add_argument(
+        "--network-seconds", type=float, metavar="S",
+        help="measure each whole network (correction, validation) for at least S seconds (default: "
+             "measure.min_seconds); a 7 ms network needs a few hundred runs for the fastest one to settle",
     )
 
 
@@ -91,6 +99,24 @@ def _open(args: argparse.Namespace) -> tuple[Resolved, LatencyTable, int, int, i
     return resolved, table, granularity, min_channels, seed
 
 
+def _measure_whole(args: argparse.Namespace, resolved: Resolved, specs: list[NetSpec]) -> list[Measurement]:
+    """The specs measured whole, in `--passes` passes (best kept), for `--network-seconds` each.
+
+    Only the measuring time differs from the table's measurer, so the
+    fingerprint (and thus the table) is the same.
+    """
+    measure_cfg = resolved.config.measure
+    if args.network_seconds is not None:
+        if args.network_seconds < 0:
+            raise ConfigError(f"--network-seconds must be >= 0, got {args.network_seconds}")
+        measure_cfg = dataclasses.replace(measure_cfg, min_seconds=args.network_seconds)
+    measurer = make_measurer(resolved.config.target, measure_cfg, resolved.input_shape)
+    return measure_best_of(specs, measurer, resolved.input_shape, args.passes)
+
+
+def _fit(args: argparse.Namespace, resolved: Resolved, table: LatencyTable, specs: list[NetSpec]) -> Correction:
+    table.fill(specs, progress=True, passes=args.passes)  # entries first, so no measurement overlaps them
+    return table.fit_correction(specs, measured=_measure_whole(args, resolved, specs))
 
 
 def build_command(args: argparse.Namespace) -> int:
@@ -107,7 +133,7 @@ def build_command(args: argparse.Namespace) -> int:
     print(f"measured {measured} entries in {elapsed:.1f} s ({rate:.2f} entries/s); table now holds {len(table)}")
     samples = args.fit_samples if args.fit_samples is not None else resolved.config.lut.correction_samples
     if samples > 0:
-        correction = table.fit_correction(calibration_specs(base, samples, granularity, min_channels, seed), args.passes)
+        correction = _fit(args, resolved, table, calibration_specs(base, samples, granularity, min_channels, seed))
         print(
             f"correction for {network_key(base, resolved.input_shape)}: scale {correction.scale:.4f}, offset {correction.offset_ms:+.4f} ms "
             f"from {correction.samples} whole networks (fit rms error {100 * correction.rms_error:.2f}%)"
@@ -124,10 +150,11 @@ def validate_command(args: argparse.Namespace) -> int:
     if table.correction_for(base) is None:
         samples = resolved.config.lut.correction_samples
         print(f"no correction for {network_key(base, resolved.input_shape)} yet: fitting it on {samples} whole networks")
-        table.fit_correction(calibration_specs(base, samples, granularity, min_channels, seed), args.passes)
+        _fit(args, resolved, table, calibration_specs(base, samples, granularity, min_channels, seed))
     rng = random.Random(f"validate-{seed}")  # never the correction's draws
     specs = [random_subnetwork(base, rng, granularity, min_channels) for _ in range(args.samples)]
-    frame = validate(table, specs, passes=args.passes)
+    table.fill(specs, progress=True, passes=args.passes)
+    frame = validate(table, specs, measured=_measure_whole(args, resolved, specs))
     if args.out:
         from mobilenetv3.fileio import atomic_write_text
 
