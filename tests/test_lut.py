@@ -15,11 +15,13 @@ from netadapt.cli.main import main
 from netadapt.errors import LatencyTableError
 from netadapt.groups import candidate_widths, prunable_groups
 from netadapt.lut import (
+    VERSION,
     LatencyTable,
     calibration_specs,
     first_iteration_specs,
     network_key,
     random_subnetwork,
+    table_filename,
     unit_module,
     units_of,
 )
@@ -213,6 +215,14 @@ def test_corrupt_file_is_refused_naming_it(tmp_path, tiny_spec, damage):
         path.write_text("")
     with pytest.raises(LatencyTableError, match=str(path)):
         LatencyTable.open(path, CountingMeasurer(), SHAPE)
+
+
+def test_cached_table_names_differ_by_target_and_format():
+    # A new format gets a new cache file, so `search` never meets an older one it would refuse.
+    name = table_filename({"cpu": "A", "threads": 1})
+    assert name.startswith(f"lut-v{VERSION}-") and name.endswith(".csv")
+    assert name != table_filename({"cpu": "A", "threads": 2})
+    assert name == table_filename({"threads": 1, "cpu": "A"})
 
 
 def test_table_of_an_older_format_is_refused_naming_the_version(tmp_path, tiny_spec):
