@@ -48,9 +48,8 @@ import onnxruntime as ort
 import torch
 
 import mobilenetv3 as m
-from netadapt.benchmark import LocalMeasurer, Measurement, Target, cpu_model, measure_all, measure_spec
+from netadapt.benchmark import LocalMeasurer, Target, best_of, cpu_model, measure_passes, measure_spec
 from netadapt.cli.common import parse_input_shape
-from netadapt.onnx_export import onnx_bytes
 from netadapt.lut import LatencyTable, random_subnetwork, summarize_validation, validate
 
 
@@ -203,17 +202,6 @@ def main() -> int:
           f"over {len(times)} calls   (goal < 1 ms)")
     print(f"\ntotal benchmark time {time.perf_counter() - started:.0f} s; load average at the end {os.getloadavg()}")
     return 0
-
-
-def measure_passes(specs, measurer, shape, passes: int) -> list[list[Measurement]]:
-    """Each spec measured whole once per pass, all specs side by side in every pass."""
-    models = [onnx_bytes(m.build(spec), shape) for spec in specs]
-    return [measure_all(measurer, models) for _ in range(max(1, passes))]
-
-
-def best_of(passes: list[list[Measurement]]) -> list[Measurement]:
-    """Each spec's lowest-latency measurement over the passes."""
-    return [min(one, key=lambda measured: measured.latency_ms) for one in zip(*passes)]
 
 
 if __name__ == "__main__":

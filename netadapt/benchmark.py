@@ -21,9 +21,9 @@ Which figure the rest of the project uses is `Target.statistic`:
   load or steal time), in phases from milliseconds to minutes. Five fresh
   sessions of Large at 224 had medians from 7.7 to 10.2 ms (CV 9.8%) but
   fastest runs from 7.33 to 7.63 ms (CV 1.9%); at 28x28 with 2 s of
-  measuring the CV over six sessions was 0.3-0.5% for the fastest run
-  against 5-7% for the median (benchmarks/lut_accuracy.py,
-  benchmarks/measurement_noise.py). It needs enough runs to meet a quiet
+  measuring the CV over six sessions was 0.5-2.1% for the fastest run
+  against 13-22% for the median (benchmarks/lut_accuracy.py and
+  benchmarks/measurement_noise.py; their output is in benchmarks/results/). It needs enough runs to meet a quiet
   moment: a few hundred for a whole network (`min_runs`, `min_seconds`).
 - "quiet": the lowest median over the rounds: ignores single fast or slow
   runs but not phases longer than a round.
@@ -65,7 +65,9 @@ __all__ = [
     "DEFAULT_STATISTIC",
     "measure",
     "measure_all",
+    "best_of",
     "measure_best_of",
+    "measure_passes",
     "measure_many",
     "measure_spec",
     "measure_spec_ms",
@@ -484,20 +486,26 @@ def measure_spec_ms(spec: NetSpec, measurer: Measurer, input_shape: tuple[int, i
     return measure_spec(spec, measurer, input_shape).latency_ms
 
 
-def measure_best_of(
+def measure_passes(
     specs: list[NetSpec], measurer: Measurer, input_shape: tuple[int, int, int, int], passes: int = 1
-) -> list[Measurement]:
-    """Measure each spec whole in `passes` passes over all of them; keep each one's lowest-latency measurement.
+) -> list[list[Measurement]]:
+    """Measure each spec whole in `passes` passes over all of them; one list of measurements per pass.
 
     Each spec is exported once, and each pass measures all of them together
     (`measure_all`). Passes spread a spec's measurements further over time,
     so one long burst of load from another job cannot spoil all of them.
     """
     models = [onnx_bytes(build(spec), input_shape) for spec in specs]
-    best: list[Measurement | None] = [None] * len(specs)
-    for _ in range(max(1, passes)):
-        for index, result in enumerate(measure_all(measurer, models)):
-            current = best[index]
-            if current is None or result.latency_ms < current.latency_ms:
-                best[index] = result
-    return best  # type: ignore[return-value]
+    return [measure_all(measurer, models) for _ in range(max(1, passes))]
+
+
+def best_of(passes: list[list[Measurement]]) -> list[Measurement]:
+    """Each spec's lowest-latency measurement over the passes of `measure_passes`."""
+    return [min(measured, key=lambda one: one.latency_ms) for measured in zip(*passes)]
+
+
+def measure_best_of(
+    specs: list[NetSpec], measurer: Measurer, input_shape: tuple[int, int, int, int], passes: int = 1
+) -> list[Measurement]:
+    """Each spec's lowest-latency measurement over `passes` passes (see `measure_passes`)."""
+    return best_of(measure_passes(specs, measurer, input_shape, passes))

@@ -99,24 +99,24 @@ def _open(args: argparse.Namespace) -> tuple[Resolved, LatencyTable, int, int, i
     return resolved, table, granularity, min_channels, seed
 
 
-def _measure_whole(args: argparse.Namespace, resolved: Resolved, specs: list[NetSpec]) -> list[Measurement]:
+def _measure_whole(args: argparse.Namespace, resolved: Resolved, table: LatencyTable, specs: list[NetSpec]) -> list[Measurement]:
     """The specs measured whole, in `--passes` passes (best kept), for `--network-seconds` each.
 
     Only the measuring time differs from the table's measurer, so the
     fingerprint (and thus the table) is the same.
     """
-    measure_cfg = resolved.config.measure
+    measurer = table.measurer
     if args.network_seconds is not None:
         if args.network_seconds < 0:
             raise ConfigError(f"--network-seconds must be >= 0, got {args.network_seconds}")
-        measure_cfg = dataclasses.replace(measure_cfg, min_seconds=args.network_seconds)
-    measurer = make_measurer(resolved.config.target, measure_cfg, resolved.input_shape)
+        measure_cfg = dataclasses.replace(resolved.config.measure, min_seconds=args.network_seconds)
+        measurer = make_measurer(resolved.config.target, measure_cfg, resolved.input_shape)
     return measure_best_of(specs, measurer, resolved.input_shape, args.passes)
 
 
 def _fit(args: argparse.Namespace, resolved: Resolved, table: LatencyTable, specs: list[NetSpec]) -> Correction:
     table.fill(specs, progress=True, passes=args.passes)  # entries first, so no measurement overlaps them
-    return table.fit_correction(specs, measured=_measure_whole(args, resolved, specs))
+    return table.fit_correction(specs, measured=_measure_whole(args, resolved, table, specs))
 
 
 def build_command(args: argparse.Namespace) -> int:
@@ -154,7 +154,7 @@ def validate_command(args: argparse.Namespace) -> int:
     rng = random.Random(f"validate-{seed}")  # never the correction's draws
     specs = [random_subnetwork(base, rng, granularity, min_channels) for _ in range(args.samples)]
     table.fill(specs, progress=True, passes=args.passes)
-    frame = validate(table, specs, measured=_measure_whole(args, resolved, specs))
+    frame = validate(table, specs, measured=_measure_whole(args, resolved, table, specs))
     if args.out:
         from mobilenetv3.fileio import atomic_write_text
 
