@@ -43,6 +43,7 @@ __all__ = [
     "TrainStats",
     "TrainingDiverged",
     "base_spec",
+    "model_spec",
     "evaluate",
     "finetune",
     "load_checkpoint",
@@ -391,6 +392,21 @@ def base_spec(model_config: ModelConfig, dataset: Dataset) -> NetSpec:
     Raises:
         ConfigError: the spec file is missing or invalid, or the width is not positive.
     """
+    return model_spec(model_config, dataset.in_channels, dataset.num_classes)
+
+
+def model_spec(model_config: ModelConfig, in_channels: int, num_classes: int | None) -> NetSpec:
+    """The spec `model_config` names, for inputs of `in_channels` and `num_classes` outputs.
+
+    A spec file keeps its own class count when `num_classes` is None; its
+    stem always takes `in_channels`, as the data (or input shape) decides it.
+
+    Raises:
+        ConfigError: the spec file is missing or invalid, the width is not
+            positive or the class count is below 1.
+    """
+    if num_classes is not None and num_classes < 1:
+        raise ConfigError(f"the class count must be >= 1, got {num_classes}")
     if model_config.spec:
         try:
             spec = NetSpec.load(model_config.spec)
@@ -398,16 +414,10 @@ def base_spec(model_config: ModelConfig, dataset: Dataset) -> NetSpec:
             raise ConfigError(f"model.spec {model_config.spec}: file not found") from None
         except ValueError as error:
             raise ConfigError(f"model.spec {model_config.spec}: {error}") from None
-        # The data decides the stem's input channels and the classifier's outputs.
-        return spec.replace(in_channels=dataset.in_channels, num_classes=dataset.num_classes)
+        return spec.replace(in_channels=in_channels, num_classes=spec.num_classes if num_classes is None else num_classes)
     if not model_config.width > 0:
         raise ConfigError(f"model.width must be > 0, got {model_config.width}")
-    return preset(
-        model_config.preset,
-        width=model_config.width,
-        num_classes=dataset.num_classes,
-        in_channels=dataset.in_channels,
-    )
+    return preset(model_config.preset, width=model_config.width, num_classes=num_classes or 1000, in_channels=in_channels)
 
 
 def train_base(

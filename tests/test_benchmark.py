@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,3 +158,24 @@ def test_bench_cli_preset_text(capsys):
 def test_bench_cli_missing_file_is_a_clear_error(tmp_path, capsys):
     assert main(["bench", str(tmp_path / "nope.onnx")]) == 2
     assert "nope.onnx" in capsys.readouterr().err
+
+
+def test_bench_measures_a_spec_file_as_the_search_would_adapt_it(tmp_path, tiny_spec):
+    # A spec file saved for RGB ImageNet is measured with the config's data:
+    # one input channel at 28x28 and the embedded set's 10 classes, as training adapts it.
+    from netadapt.cli.bench import resolve
+    from netadapt.cli.main import build_parser
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "embedded.yaml"
+    spec_path = tmp_path / "spec.yaml"
+    tiny_spec.replace(in_channels=3, num_classes=1000).save(spec_path)
+    args = build_parser().parse_args(["bench", "--config", str(config), "--set", f"model.spec={spec_path}"])
+    resolved = resolve(args)
+    assert resolved.input_shape == (1, 1, 28, 28)
+    assert (resolved.spec.in_channels, resolved.spec.num_classes) == (1, 10)
+    assert resolved.spec.blocks == tiny_spec.blocks
+    # Without --config a spec file keeps its own classes; --classes still wins.
+    args = build_parser().parse_args(["bench", "--set", f"model.spec={spec_path}", "--input", "1x3x32x32", "--classes", "7"])
+    assert resolve(args).spec.num_classes == 7
+    args = build_parser().parse_args(["bench", "--set", f"model.spec={spec_path}", "--input", "1x3x32x32"])
+    assert resolve(args).spec.num_classes == 1000

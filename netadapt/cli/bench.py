@@ -12,12 +12,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from mobilenetv3 import NetSpec, preset
+from mobilenetv3 import NetSpec
 from netadapt.benchmark import Measurement, Target, measure_spec
 from netadapt.measurers import make_measurer
 from netadapt.cli.common import add_config_arguments, parse_input_shape
 from netadapt.config import Config, load_config
 from netadapt.errors import ConfigError
+from netadapt.train import model_spec
 
 __all__ = ["Resolved", "add_target_arguments", "format_measurement", "register", "resolve"]
 
@@ -30,7 +31,7 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--preset", choices=["large", "small"], help="MobileNetV3 variant (default: config's model.preset)")
     parser.add_argument("--width", type=float, help="width multiplier (default: config's model.width)")
-    parser.add_argument("--classes", type=int, help="number of classes (default 1000 without --config)")
+    parser.add_argument("--classes", type=int, help="number of classes (default: the config's dataset; 1000 for a preset without --config)")
     parser.add_argument(
         "--input", metavar="NxCxHxW", help="input shape (default: the config's data, or 1x3x224x224 without --config)"
     )
@@ -93,27 +94,18 @@ def resolve(args: argparse.Namespace) -> Resolved:
         shape = (config.target.batch, config.data.channels, config.data.resolution, config.data.resolution)
     else:
         shape = (config.target.batch, 3, 224, 224)
-    spec = _base_spec(config, shape[1], args.classes if args.classes is not None else (
-        _DATASET_CLASSES.get(config.data.dataset, 1000) if args.config is not None else 1000))
-    if spec.in_channels != shape[1]:
-        raise ConfigError(f"the input has {shape[1]} channels but the spec expects {spec.in_channels}")
+    if args.classes is not None:
+        if args.classes < 1:
+            raise ConfigError(f"--classes must be >= 1, got {args.classes}")
+        classes = args.classes
+    elif args.config is not None:
+        classes = _DATASET_CLASSES.get(config.data.dataset)  # a folder dataset: the spec's own (or 1000)
+    else:
+        classes = None  # the spec file's own, or ImageNet's 1000 for a preset
+    # The same spec the search would adapt: the input's channels, the data's classes.
+    spec = model_spec(config.model, shape[1], classes)
     target = Target.from_config(config.target, config.measure, shape)
     return Resolved(config, spec, target.input_shape, target)
-
-
-def _base_spec(config: Config, in_channels: int, classes: int) -> NetSpec:
-    if config.model.spec:
-        try:
-            return NetSpec.load(config.model.spec)
-        except FileNotFoundError:
-            raise ConfigError(f"model.spec {config.model.spec}: file not found") from None
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
-    if config.model.width <= 0:
-        raise ConfigError(f"model.width must be > 0, got {config.model.width}")
-    if classes < 1:
-        raise ConfigError(f"--classes must be >= 1, got {classes}")
-    return preset(config.model.preset, width=config.model.width, num_classes=classes, in_channels=in_channels)
 
 
 def format_measurement(label: str, m: Measurement) -> str:
