@@ -11,12 +11,18 @@ Measures, on this machine with onnxruntime:
    then (--entry-passes) re-measuring them, each entry keeping its best;
 3. accuracy: `predict_ms` vs the measured figure of S random sub-networks
    (random channel cuts of the base, at the granularity), after fitting the
-   correction on other random cuts; median |error|, share within 5% and 10%,
-   max |error|, Spearman rank correlation, and the same for the raw sum;
+   correction on the base, the smallest cut and random cuts (as `lut build`
+   picks them); median |error|, share within 5% and 10%, max |error|,
+   Spearman rank correlation, and the same for the affine correction
+   without the boundary term (see netadapt.lut.Correction) and the raw sum;
    whole networks are measured for --network-seconds (2) in --passes (4)
    passes, and the two passes' disagreement is printed as the retest
    figure: the floor under any prediction error this machine can show;
 4. prediction time from the filled table.
+
+With --out FILE.csv the validation rows go to FILE.csv and the correction
+networks' sums and figures to correction-nets-FILE.csv, for refitting offline
+(benchmarks/correction_forms.py).
 
 The "p10-based" column repeats the comparison on the 10th percentile (sum
 of entry p10s, its own fitted scale, vs the measured p10): on a machine
@@ -34,6 +40,7 @@ within 10%, median |error| <= 2%; repeat CV <= 3%; predict < 1 ms.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import random
@@ -45,12 +52,20 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pandas as pd
 import torch
 
 import mobilenetv3 as m
 from netadapt.benchmark import LocalMeasurer, Target, best_of, cpu_model, measure_passes, measure_spec
 from netadapt.cli.common import parse_input_shape
-from netadapt.lut import LatencyTable, random_subnetwork, summarize_validation, validate
+from netadapt.lut import (
+    LatencyTable,
+    calibration_specs,
+    fit_correction_terms,
+    random_subnetwork,
+    summarize_validation,
+    validate,
+)
 
 
 def main() -> int:
@@ -59,7 +74,7 @@ def main() -> int:
     parser.add_argument("--input", default="1x3x224x224")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--samples", type=int, default=50, help="random sub-networks to validate on")
-    parser.add_argument("--fit-samples", type=int, default=8, help="whole networks the correction is fitted on")
+    parser.add_argument("--fit-samples", type=int, default=12, help="whole networks the correction is fitted on")
     parser.add_argument("--repeats", type=int, default=5, help="whole measurements of the base for stability")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--min-runs", type=int, default=30)
@@ -136,8 +151,8 @@ def main() -> int:
           f"within-measurement CV: {', '.join(f'{100 * r.cv:.1f}%' for r in repeats)}")
 
     # 2. Build: every unit the correction and validation nets need.
-    fit_rng = random.Random(f"correction-{args.seed}")
-    fit_specs = [base] + [random_subnetwork(base, fit_rng, args.granularity) for _ in range(args.fit_samples - 1)]
+    # The correction's networks as `netadapt lut build` picks them: the base, the smallest cut, random cuts.
+    fit_specs = calibration_specs(base, args.fit_samples, args.granularity, seed=args.seed)
     val_rng = random.Random(f"validate-{args.seed}")
     val_specs = [random_subnetwork(base, val_rng, args.granularity) for _ in range(args.samples)]
     table = LatencyTable.open(table_path, measurer, shape)
@@ -153,26 +168,40 @@ def main() -> int:
         print(f"pass {extra}: re-measured {count} entries in {time.perf_counter() - start:.1f} s, each keeps its best")
 
     # 3. Correction, then accuracy on other random cuts.
-    fit_passes = measure_passes(fit_specs, network_measurer, shape, args.passes)
-    correction = table.fit_correction(fit_specs, measured=best_of(fit_passes))
-    p10_correction = table.correction_for(base, "p10")
-    print(f"\n## correction: scale {correction.scale:.4f}, offset {correction.offset_ms:+.4f} ms from "
-          f"{correction.samples} whole networks (fit rms error {100 * correction.rms_error:.2f}%); "
-          f"p10 scale {p10_correction.scale:.4f}, offset {p10_correction.offset_ms:+.4f} ms "
-          f"(rms {100 * p10_correction.rms_error:.2f}%)")
+    fit_measured = best_of(measure_passes(fit_specs, network_measurer, shape, args.passes))
+    correction = table.fit_correction(fit_specs, measured=fit_measured)
+    fit_sums = [table.raw_sum_ms(spec) for spec in fit_specs]
+    fit_figures = [m.statistic_ms(args.statistic) for m in fit_measured]
+    # The same networks without the boundary term, to show what it buys.
+    affine = fit_correction_terms(fit_sums, fit_figures)
+    print(f"\n## correction ({correction.form}): {correction.describe()}")
+    print(f"   affine form alone: {affine.describe()}")
+    print(f"   p10: {table.correction_for(base, 'p10').describe()}")
     val_passes = measure_passes(val_specs, network_measurer, shape, args.passes)
     frame = validate(table, val_specs, progress=False, measured=best_of(val_passes))
     frame["raw_error_pct"] = 100 * (frame["raw_sum_ms"] - frame["measured_ms"]) / frame["measured_ms"]
+    frame["affine_ms"] = [affine.apply(raw) for raw in frame["raw_sum_ms"]]
+    frame["affine_error_pct"] = 100 * (frame["affine_ms"] - frame["measured_ms"]) / frame["measured_ms"]
+    for number, one_pass in enumerate(val_passes, start=1):
+        frame[f"measured_pass{number}_ms"] = [m.latency_ms for m in one_pass]
     if args.out:
         frame.to_csv(args.out, index=False)
+        fit_frame = pd.DataFrame({
+            "raw_sum_ms": fit_sums,
+            "boundary_millions": [table.boundary_millions(spec) for spec in fit_specs],
+            "measured_ms": fit_figures,
+            "spec": [json.dumps(spec.to_dict(), separators=(",", ":")) for spec in fit_specs],
+        })
+        fit_frame.to_csv(Path(args.out).with_name("correction-nets-" + Path(args.out).name), index=False)
     summary = summarize_validation(frame)
     raw = summarize_validation(frame.assign(error_pct=frame["raw_error_pct"], predicted_ms=frame["raw_sum_ms"]))
+    affine_summary = summarize_validation(frame.assign(error_pct=frame["affine_error_pct"], predicted_ms=frame["affine_ms"]))
     p10 = summarize_validation(
         frame.assign(error_pct=frame["error_p10_pct"], predicted_ms=frame["predicted_p10_ms"], measured_ms=frame["measured_p10_ms"])
     )
     print(f"\n## accuracy on {summary['samples']} random sub-networks, each measured whole in {args.passes} pass(es) (measured {frame['measured_ms'].min():.2f}"
           f"-{frame['measured_ms'].max():.2f} ms)")
-    print(f"{'':<22} {'corrected':>10} {'raw sum':>10} {'p10-based':>10}   goal (on the {args.statistic} figure)")
+    print(f"{'':<22} {'corrected':>10} {'affine':>10} {'raw sum':>10} {'p10-based':>10}   goal (on the {args.statistic} figure)")
     for key, label, goal, scale in [
         ("median_abs_error_pct", "median |error| %", "<= 2", 1),
         ("within_5_pct", "within 5% (share)", ">= 95%", 100),
@@ -181,7 +210,8 @@ def main() -> int:
         ("mean_bias_pct", "mean error %", "", 1),
         ("spearman", "Spearman rank corr.", "", 1),
     ]:
-        print(f"{label:<22} {scale * summary[key]:>10.2f} {scale * raw[key]:>10.2f} {scale * p10[key]:>10.2f}   {goal}")
+        print(f"{label:<22} {scale * summary[key]:>10.2f} {scale * affine_summary[key]:>10.2f} {scale * raw[key]:>10.2f} "
+              f"{scale * p10[key]:>10.2f}   {goal}")
     print(f"median measured CV of a validation net: {100 * frame['measured_cv'].median():.1f}%")
     if len(val_passes) > 1:
         # The instrument's own floor: the same networks measured again minutes later.
@@ -190,6 +220,13 @@ def main() -> int:
         print(f"retest: pass 2 vs pass 1 of the same validation nets: median |difference| {np.median(retest):.2f}%, "
               f"within 5% {100 * np.mean(retest <= 5):.0f}%, max {retest.max():.1f}% "
               "(no prediction can be checked more finely than this)")
+    if len(val_passes) >= 4:
+        # The measured column is a best of all passes, steadier than one pass: compare two halves.
+        half = len(val_passes) // 2
+        first, second = (np.array([m.latency_ms for m in best_of(part)]) for part in (val_passes[:half], val_passes[half:2 * half]))
+        retest = np.abs(100 * (second - first) / first)
+        print(f"retest of a best of {half} passes against the best of the next {half}: median |difference| {np.median(retest):.2f}%, "
+              f"within 5% {100 * np.mean(retest <= 5):.0f}%, max {retest.max():.1f}%")
 
     # 4. Prediction time from the filled table.
     times = []

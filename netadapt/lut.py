@@ -5,10 +5,11 @@ A network is cut into units (stem, each inverted-residual block, the last
 measured on the target; its key spells out everything that changes its
 latency (input HxWxC, expanded and output channels, kernel, stride, SE and
 its squeeze width, activation, expansion conv, residual). A prediction is
-the sum of a spec's unit latencies times a correction fitted from a few
-whole-network measurements: each isolated unit pays its own session
-overhead and layout reorders, so the raw sum overshoots the whole network
-(OFA and nn-Meter predict the same way, with per-block keys).
+the sum of a spec's unit latencies through a correction fitted from a few
+whole-network measurements (`Correction`): each isolated unit pays its own
+session overhead and layout conversions at its input and output, so the
+raw sum overshoots the whole network (OFA and nn-Meter predict the same
+way, with per-block keys).
 
 Channel counts are used as they are, never interpolated: onnxruntime's x86
 kernels block channels by 8 or 16, so latency has cliffs between grid
@@ -53,6 +54,7 @@ __all__ = [
     "LatencyTable",
     "Unit",
     "calibration_specs",
+    "fit_correction_terms",
     "first_iteration_specs",
     "network_key",
     "random_subnetwork",
@@ -186,44 +188,108 @@ def table_filename(fingerprint: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- correction
 @dataclass(frozen=True)
 class Correction:
-    """measured ≈ scale * sum(unit figures) + offset_ms, fitted over whole networks of one family.
+    """measured ≈ scale * sum(unit figures) + offset_ms + boundary_ms_per_million * boundary,
+    fitted over whole networks of one family; `boundary` counts the elements (millions, per
+    image) of the activations passed between the spec's units.
 
-    The offset is why the fit is affine: every unit measured alone pays one
-    session's fixed cost (input copy, output allocation, dispatch), the whole
-    network pays it once, so within a family (same number of units) the sum
-    overshoots by a constant. At small inputs that constant dominates; a
-    scale alone cannot represent it. The scale absorbs what stays
-    proportional (cache effects, fusion across unit boundaries).
+    The offset: every unit measured alone pays one session's fixed cost
+    (input copy, output allocation, dispatch), the whole network pays it
+    once, so within a family (same number of units) the sum overshoots by a
+    constant. At small inputs that constant dominates; a scale alone cannot
+    represent it.
+
+    The boundary term: onnxruntime's x86 CPU provider runs convolutions in a
+    channel-blocked layout (NCHWc) and converts to and from it where a graph
+    needs plain NCHW. A unit measured alone converts its input and its output
+    (ReorderInput/ReorderOutput nodes in its optimised graph); inside the
+    whole network the activation between two units stays blocked. So the
+    overshoot also grows with the size of the activations between units, a
+    cost per element that the fit learns (it comes out near zero where no
+    such conversion happens). On the four runs of benchmarks/lut_accuracy.py
+    with 2 s per whole network in benchmarks/results/lut_accuracy/, fits on
+    12 random networks predicted the others with median error 2.07-2.46%
+    and 86-90% within 5%, against 2.16-2.84% and 81-88% for the affine
+    form (benchmarks/correction_forms.py refits them, output in
+    correction-forms.txt there); the noisier 0.5 s run shows no difference
+    between the forms.
+
+    The scale absorbs what stays proportional (cache effects, fusion across
+    unit boundaries).
     """
 
     scale: float
     samples: int  # whole networks the fit used
     rms_error: float  # relative RMS error of the fit over those networks
     offset_ms: float = 0.0  # absent from tables written before the affine fit
+    boundary_ms_per_million: float = 0.0  # absent from tables written before the boundary term
 
-    def apply(self, raw_sum_ms: float) -> float:
-        return self.scale * raw_sum_ms + self.offset_ms
+    def apply(self, raw_sum_ms: float, boundary_millions: float = 0.0) -> float:
+        return self.scale * raw_sum_ms + self.offset_ms + self.boundary_ms_per_million * boundary_millions
+
+    @property
+    def form(self) -> str:
+        """Which terms the fit used: "scale", "affine" or "affine+boundary"."""
+        if self.boundary_ms_per_million:
+            return "affine+boundary"
+        return "affine" if self.offset_ms else "scale"
+
+    def describe(self) -> str:
+        """One line for logs: the coefficients and how well they fitted."""
+        terms = f"scale {self.scale:.4f}, offset {self.offset_ms:+.4f} ms"
+        if self.boundary_ms_per_million:
+            terms += f", {self.boundary_ms_per_million:+.4f} ms per million boundary elements"
+        return f"{terms} from {self.samples} whole networks (fit rms error {100 * self.rms_error:.2f}%)"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _fit_scale(sums: list[float], measured: list[float]) -> Correction:
-    # Least squares on relative error, minimising sum(((scale*s + offset)/m - 1)^2),
-    # so big and small networks weigh the same. The affine fit needs sums that
-    # differ (the base and some cuts); with one network, or when the affine
-    # fit is implausible (a non-positive scale or prediction), one ratio is fitted.
+# Whole networks a fit needs before it adds a term: the affine form needs two
+# of different sizes, the boundary term enough more that three coefficients
+# are not fitted to the noise of a few measurements.
+AFFINE_MIN_SAMPLES = 2
+BOUNDARY_MIN_SAMPLES = 6
+
+
+def fit_correction_terms(sums: list[float], measured: list[float], boundaries: list[float] | None = None) -> Correction:
+    """Fit a `Correction` to whole-network figures (ms) and their raw sums (and boundary sizes, millions).
+
+    Least squares on relative error, minimising sum((prediction/measured - 1)^2),
+    so big and small networks weigh the same. The richest form the data
+    supports is used: the boundary term from BOUNDARY_MIN_SAMPLES networks
+    whose boundary sizes differ, the affine form from AFFINE_MIN_SAMPLES whose
+    sums differ, otherwise one ratio; a form that fits a non-positive scale
+    or predicts a non-positive latency for one of the networks falls back
+    to the next simpler one.
+    """
     sums_array, measured_array = np.asarray(sums, dtype=float), np.asarray(measured, dtype=float)
-    ratios = sums_array / measured_array
-    scale = float(ratios.sum() / (ratios**2).sum())
-    offset = 0.0
-    if len(sums) >= 2 and sums_array.max() > 1.05 * sums_array.min():
-        design = np.stack([ratios, 1.0 / measured_array], axis=1)
-        (affine_scale, affine_offset), *_ = np.linalg.lstsq(design, np.ones(len(sums)), rcond=None)
-        if affine_scale > 0 and np.all(affine_scale * sums_array + affine_offset > 0):
-            scale, offset = float(affine_scale), float(affine_offset)
-    rms = float(np.sqrt(np.mean(((scale * sums_array + offset) / measured_array - 1.0) ** 2)))
-    return Correction(scale=scale, samples=len(sums), rms_error=rms, offset_ms=offset)
+    boundary_array = np.zeros_like(sums_array) if boundaries is None else np.asarray(boundaries, dtype=float)
+    if not (len(sums_array) == len(measured_array) == len(boundary_array)) or not len(sums_array):
+        raise LatencyTableError(
+            f"a correction needs as many sums, measurements and boundary sizes, got {len(sums_array)}, "
+            f"{len(measured_array)} and {len(boundary_array)}"
+        )
+    columns = {"scale": sums_array, "offset": np.ones_like(sums_array), "boundary": boundary_array}
+    forms = [["scale"]]
+    if len(sums) >= AFFINE_MIN_SAMPLES and sums_array.max() > 1.05 * sums_array.min():
+        forms.insert(0, ["scale", "offset"])
+        if len(sums) >= BOUNDARY_MIN_SAMPLES and boundary_array.max() > 1.05 * boundary_array.min():
+            forms.insert(0, ["scale", "offset", "boundary"])
+    for form in forms:
+        design = np.stack([columns[term] / measured_array for term in form], axis=1)
+        solution, *_ = np.linalg.lstsq(design, np.ones(len(sums_array)), rcond=None)
+        coefficients = dict(zip(form, (float(value) for value in solution)))
+        predictions = design @ solution * measured_array
+        if coefficients["scale"] > 0 and np.all(predictions > 0):
+            break
+    rms = float(np.sqrt(np.mean((predictions / measured_array - 1.0) ** 2)))
+    return Correction(
+        scale=coefficients["scale"],
+        samples=len(sums_array),
+        rms_error=rms,
+        offset_ms=coefficients.get("offset", 0.0),
+        boundary_ms_per_million=coefficients.get("boundary", 0.0),
+    )
 
 
 # -------------------------------------------------------------------- table
@@ -255,7 +321,7 @@ class LatencyTable:
         if statistic not in STATISTICS:
             raise LatencyTableError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
         self.statistic = statistic  # which column predictions sum: the measurer's statistic unless asked otherwise
-        self._key_cache: dict[NetSpec, list[str]] = {}
+        self._key_cache: dict[NetSpec, tuple[list[str], float]] = {}  # keys, boundary elements in millions
         self.measured_count = 0  # entries measured by this object (on demand or by fill)
         self.measure_seconds = 0.0  # time spent exporting and measuring them
 
@@ -461,14 +527,24 @@ class LatencyTable:
         return float(row[f"{self.statistic}_ms"])
 
     # ------------------------------------------------------------ prediction
-    def _keys(self, spec: NetSpec) -> list[str]:
+    def _layout(self, spec: NetSpec) -> tuple[list[str], float]:
         # A search predicts the same specs over and over; building their units
-        # costs more than summing them, so keys are cached per (hashable) spec.
-        keys = self._key_cache.get(spec)
-        if keys is None:
-            keys = [unit.key() for unit in self.units(spec)]
-            self._key_cache[spec] = keys
-        return keys
+        # costs more than summing them, so keys (and the boundary size the
+        # correction needs) are cached per (hashable) spec.
+        layout = self._key_cache.get(spec)
+        if layout is None:
+            units = self.units(spec)
+            boundary = sum(unit.height * unit.width * unit.in_channels for unit in units[1:])
+            layout = ([unit.key() for unit in units], boundary / 1e6)
+            self._key_cache[spec] = layout
+        return layout
+
+    def _keys(self, spec: NetSpec) -> list[str]:
+        return self._layout(spec)[0]
+
+    def boundary_millions(self, spec: NetSpec) -> float:
+        """Elements (millions, per image) of the activations between `spec`'s units: the correction's boundary term."""
+        return self._layout(spec)[1]
 
     def raw_sum_ms(self, spec: NetSpec, statistic: str | None = None) -> float:
         """Sum of the unit entries (median, or `statistic`), without the correction."""
@@ -500,12 +576,12 @@ class LatencyTable:
         """
         correction = self.correction_for(spec, statistic)
         raw = self.raw_sum_ms(spec, statistic)
-        return correction.apply(raw) if correction else raw
+        return correction.apply(raw, self.boundary_millions(spec)) if correction else raw
 
     def fit_correction(
         self, specs: list[NetSpec], repeats: int = 1, measured: list[Measurement] | None = None
     ) -> Correction:
-        """Measure `specs` whole, fit `measured ≈ scale * raw sum + offset` for their family and save it.
+        """Measure `specs` whole, fit a `Correction` for their family and save it.
 
         Corrections for every statistic (quiet, median, p10 and min) are fitted
         from the same measurements; the table's own statistic's one is returned.
@@ -531,7 +607,8 @@ class LatencyTable:
         for statistic in STATISTICS:
             sums = [self.raw_sum_ms(spec, statistic) for spec in specs]
             figures = [m.statistic_ms(statistic) for m in whole]
-            self.corrections[_correction_key(family, statistic)] = _fit_scale(sums, figures)
+            boundaries = [self.boundary_millions(spec) for spec in specs]
+            self.corrections[_correction_key(family, statistic)] = fit_correction_terms(sums, figures, boundaries)
         self.save()
         return self.corrections[_correction_key(family, self.statistic)]
 
@@ -638,7 +715,8 @@ def validate(
 
     Returns:
         Columns `index, predicted_ms, measured_ms, error_pct, raw_sum_ms,
-        measured_cv, predict_us` (predict_us: time of the prediction alone),
+        boundary_millions, measured_cv, predict_us` (boundary_millions: the
+        correction's boundary size; predict_us: time of the prediction alone),
         the same for the 10th percentile (`predicted_p10_ms, measured_p10_ms,
         error_p10_pct`) and the spec as JSON.
     """
@@ -660,6 +738,7 @@ def validate(
                 "measured_ms": actual,
                 "error_pct": 100.0 * (predicted - actual) / actual,
                 "raw_sum_ms": table.raw_sum_ms(spec),
+                "boundary_millions": table.boundary_millions(spec),
                 "measured_cv": measured.cv,
                 "predict_us": predict_us,
                 # The same comparison on the 10th percentile, which load on a shared machine disturbs less.

@@ -15,10 +15,12 @@ from netadapt.cli.main import main
 from netadapt.errors import LatencyTableError
 from netadapt.groups import candidate_widths, prunable_groups
 from netadapt.lut import (
+    BOUNDARY_MIN_SAMPLES,
     VERSION,
     LatencyTable,
     calibration_specs,
     first_iteration_specs,
+    fit_correction_terms,
     network_key,
     random_subnetwork,
     table_filename,
@@ -174,6 +176,80 @@ def test_correction_scales_the_sum(tmp_path, tiny_spec):
     assert correction.scale == pytest.approx(0.75) and correction.samples == 1
     assert table.predict_ms(tiny_spec) == pytest.approx(9.0)
     assert table.predict_ms(tiny_spec, "p10") == pytest.approx(9.0)
+
+
+def test_boundary_size_counts_the_activations_between_units(tmp_path, tiny_spec):
+    # tiny at 32x32: stem out 16x16x8, block 1 out 16x16x8, block 2 out 8x8x16,
+    # block 3 out 8x8x16, last conv out 8x8x64 (the head's input).
+    table = LatencyTable.open(tmp_path / "lut.csv", CountingMeasurer(), SHAPE)
+    expected = 16 * 16 * 8 + 16 * 16 * 8 + 8 * 8 * 16 + 8 * 8 * 16 + 8 * 8 * 64
+    assert table.boundary_millions(tiny_spec) == pytest.approx(expected / 1e6)
+    assert table.boundary_millions(tiny_spec.replace(last_conv=32)) == pytest.approx((expected - 8 * 8 * 32) / 1e6)
+
+
+def _synthetic_family(count, scale=1.1, offset=-0.2, per_million=-0.3):
+    # Sums and boundary sizes that vary independently, figures that follow the model exactly.
+    rng = random.Random(0)
+    sums = [rng.uniform(1.0, 3.0) for _ in range(count)]
+    boundaries = [rng.uniform(0.2, 1.0) for _ in range(count)]
+    measured = [scale * s + offset + per_million * b for s, b in zip(sums, boundaries)]
+    return sums, measured, boundaries
+
+
+def test_correction_fit_uses_the_richest_form_the_networks_support():
+    sums, measured, boundaries = _synthetic_family(BOUNDARY_MIN_SAMPLES)
+    full = fit_correction_terms(sums, measured, boundaries)
+    assert full.form == "affine+boundary" and full.samples == BOUNDARY_MIN_SAMPLES
+    assert (full.scale, full.offset_ms, full.boundary_ms_per_million) == pytest.approx((1.1, -0.2, -0.3))
+    assert full.rms_error == pytest.approx(0.0, abs=1e-9)
+    assert full.apply(2.0, 0.5) == pytest.approx(1.1 * 2.0 - 0.2 - 0.3 * 0.5)
+    # One network fewer: too few for three terms, so the affine form (which cannot fit exactly).
+    fewer = fit_correction_terms(sums[:-1], measured[:-1], boundaries[:-1])
+    assert fewer.form == "affine" and fewer.boundary_ms_per_million == 0.0 and fewer.rms_error > 0
+    # No boundary sizes, or all equal: the affine form; one network: a ratio.
+    assert fit_correction_terms(sums, measured).form == "affine"
+    assert fit_correction_terms(sums, measured, [0.5] * len(sums)).form == "affine"
+    single = fit_correction_terms(sums[:1], measured[:1], boundaries[:1])
+    assert single.form == "scale" and single.scale == pytest.approx(measured[0] / sums[0])
+
+
+def test_correction_fit_falls_back_from_an_implausible_form():
+    # Figures that fall as the sum grows: the affine fit needs a negative scale,
+    # so the single ratio is used, which keeps every prediction positive.
+    correction = fit_correction_terms([1.0, 2.0, 3.0], [3.0, 2.0, 1.0])
+    assert correction.form == "scale" and correction.scale > 0
+    with pytest.raises(LatencyTableError, match="as many sums"):
+        fit_correction_terms([1.0, 2.0], [1.0, 2.0], [0.5])
+
+
+def test_prediction_applies_the_boundary_term(tmp_path, tiny_spec):
+    # Whole networks that follow scale 0.5, offset 1 ms and 2 ms per million
+    # boundary elements exactly; predictions of other cuts follow them too.
+    specs = [tiny_spec, *(random_subnetwork(tiny_spec, random.Random(seed), granularity=8) for seed in range(12))]
+    specs = list(dict.fromkeys(specs))[:BOUNDARY_MIN_SAMPLES + 1]
+    table = LatencyTable.open(tmp_path / "lut.csv", CountingMeasurer(), SHAPE)
+    table.fill(specs, progress=False)
+
+    def model(spec):
+        return 0.5 * table.raw_sum_ms(spec) + 1.0 + 2.0 * table.boundary_millions(spec)
+
+    fit, check = specs[:-1], specs[-1]
+    measured = [summarize([model(spec)]) for spec in fit]
+    correction = table.fit_correction(fit, measured=measured)
+    assert correction.form == "affine+boundary"
+    assert table.predict_ms(check) == pytest.approx(model(check), rel=1e-6)
+    # The coefficients survive a save and load.
+    path = tmp_path / "lut.csv"
+    reopened = LatencyTable.open(path, CountingMeasurer(), SHAPE)
+    assert reopened.predict_ms(check) == pytest.approx(model(check), rel=1e-6)
+    # A table saved before the term existed has corrections without it: read as no boundary term.
+    first, _, body = path.read_text().partition("\n")
+    header = json.loads(first[2:])
+    for stored in header["corrections"].values():
+        del stored["boundary_ms_per_million"]
+    path.write_text("# " + json.dumps(header) + "\n" + body)
+    older = LatencyTable.open(path, CountingMeasurer(), SHAPE).correction_for(check)
+    assert older.form == "affine" and older.scale == pytest.approx(correction.scale)
 
 
 def test_killed_build_keeps_measured_entries_and_resumes(tmp_path, tiny_spec):

@@ -134,10 +134,7 @@ def build_command(args: argparse.Namespace) -> int:
     samples = args.fit_samples if args.fit_samples is not None else resolved.config.lut.correction_samples
     if samples > 0:
         correction = _fit(args, resolved, table, calibration_specs(base, samples, granularity, min_channels, seed))
-        print(
-            f"correction for {network_key(base, resolved.input_shape)}: scale {correction.scale:.4f}, offset {correction.offset_ms:+.4f} ms "
-            f"from {correction.samples} whole networks (fit rms error {100 * correction.rms_error:.2f}%)"
-        )
+        print(f"correction for {network_key(base, resolved.input_shape)} ({correction.form}): {correction.describe()}")
     print(f"base predicted {table.predict_ms(base):.3f} ms")
     return 0
 
@@ -186,6 +183,6 @@ def predict_command(args: argparse.Namespace) -> int:
     before = len(table)
     predicted = table.predict_ms(spec)
     correction = table.correction_for(spec)
-    note = f"scale {correction.scale:.4f}, offset {correction.offset_ms:+.4f} ms" if correction else "no correction fitted: raw sum, overshoots"
+    note = f"correction {correction.form}: {correction.describe()}" if correction else "no correction fitted: raw sum, overshoots"
     print(f"{spec.name or 'spec'}: predicted {predicted:.3f} ms ({note}); {len(table) - before} entries measured on demand")
     return 0
