@@ -11,7 +11,8 @@ the machine moved between runs.
 
 Forms: "scale" (one ratio), "affine" (scale and offset), "affine+boundary"
 (plus a cost per element of the activations between units, see
-netadapt.lut.Correction).
+netadapt.lut.Correction), and "chosen": what `fit_correction_terms` picks
+itself (the boundary term only where it predicts left-out networks better).
 
     python benchmarks/correction_forms.py benchmarks/results/lut_accuracy/validation-*.csv
 """
@@ -28,7 +29,7 @@ from mobilenetv3 import NetSpec
 from netadapt.cli.common import parse_input_shape
 from netadapt.lut import Correction, fit_correction_terms, units_of
 
-FORMS = ("scale", "affine", "affine+boundary")
+FORMS = ("scale", "affine", "affine+boundary", "chosen")
 
 
 def boundary_millions(spec_json: str, input_shape: tuple[int, int, int, int]) -> float:
@@ -37,12 +38,16 @@ def boundary_millions(spec_json: str, input_shape: tuple[int, int, int, int]) ->
 
 
 def fit_form(form: str, sums: np.ndarray, measured: np.ndarray, boundaries: np.ndarray) -> Correction:
+    if form == "chosen":
+        return fit_correction_terms(list(sums), list(measured), list(boundaries))
     if form == "scale":
         # What fit_correction_terms falls back to: one ratio, least squares on relative error.
         ratios = sums / measured
         scale = float(ratios.sum() / (ratios**2).sum())
         return Correction(scale=scale, samples=len(sums), rms_error=float(np.sqrt(np.mean((scale * ratios - 1) ** 2))))
-    correction = fit_correction_terms(list(sums), list(measured), list(boundaries) if form == "affine+boundary" else None)
+    # Each form as it is, without the fit's own left-out check, which would mix them.
+    boundary = list(boundaries) if form == "affine+boundary" else None
+    correction = fit_correction_terms(list(sums), list(measured), boundary, check_left_out=False)
     if correction.form != form:
         raise SystemExit(f"too few or too alike networks for the {form} form (got {correction.form}); raise --fit")
     return correction

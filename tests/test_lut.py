@@ -26,6 +26,7 @@ from netadapt.lut import (
     table_filename,
     unit_module,
     units_of,
+    validate,
 )
 
 SHAPE = (1, 1, 32, 32)
@@ -213,6 +214,18 @@ def test_correction_fit_uses_the_richest_form_the_networks_support():
     assert single.form == "scale" and single.scale == pytest.approx(measured[0] / sums[0])
 
 
+def test_boundary_term_is_dropped_when_it_only_fits_noise():
+    # Figures that follow the affine form plus alternating noise, boundary sizes
+    # unrelated to them: a third coefficient fits the noise, predicts networks
+    # left out of the fit worse, and the fit keeps the affine form.
+    rng = random.Random(1)
+    sums = [1.0 + 0.25 * i for i in range(8)]
+    measured = [1.1 * s - 0.2 + noise for s, noise in zip(sums, [0.03, -0.03] * 4)]
+    boundaries = [rng.uniform(0.2, 1.0) for _ in sums]
+    assert fit_correction_terms(sums, measured, boundaries).form == "affine"
+    assert fit_correction_terms(sums, measured, boundaries, check_left_out=False).form == "affine+boundary"
+
+
 def test_correction_fit_falls_back_from_an_implausible_form():
     # Figures that fall as the sum grows: the affine fit needs a negative scale,
     # so the single ratio is used, which keeps every prediction positive.
@@ -250,6 +263,17 @@ def test_prediction_applies_the_boundary_term(tmp_path, tiny_spec):
     path.write_text("# " + json.dumps(header) + "\n" + body)
     older = LatencyTable.open(path, CountingMeasurer(), SHAPE).correction_for(check)
     assert older.form == "affine" and older.scale == pytest.approx(correction.scale)
+
+
+def test_measurements_given_for_the_wrong_number_of_specs_are_refused(tmp_path, tiny_spec):
+    table = LatencyTable.open(tmp_path / "lut.csv", ScriptedMeasurer([2.0] * 6), SHAPE)
+    specs = [tiny_spec, tiny_spec.replace(head_hidden=16)]
+    one = [summarize([9.0])]
+    with pytest.raises(LatencyTableError, match="1 measurements for 2 specs"):
+        validate(table, specs, progress=False, measured=one)
+    with pytest.raises(LatencyTableError, match="1 measurements for 2 specs"):
+        table.fit_correction(specs, measured=one)
+    assert not table.corrections  # nothing half-fitted
 
 
 def test_killed_build_keeps_measured_entries_and_resumes(tmp_path, tiny_spec):
