@@ -1,4 +1,4 @@
-"""Which correction form predicts whole networks best: refit offline on saved validation runs.
+"""Which correction form, fitted on which networks, predicts whole networks best: refit offline on saved runs.
 
 Reads the CSV files `benchmarks/lut_accuracy.py --out` wrote (the raw sum
 and the measured figure of each random sub-network), then many times: draws
@@ -10,9 +10,19 @@ comparison is the same every time; the spread between files shows how much
 the machine moved between runs.
 
 Forms: "scale" (one ratio), "affine" (scale and offset), "affine+boundary"
-(plus a cost per element of the activations between units, see
+(plus a cost per element of the activations between units),
+"affine+boundary+weights" (plus a cost per parameter; see
 netadapt.lut.Correction), and "chosen": what `fit_correction_terms` picks
-itself (the boundary term only where it predicts left-out networks better).
+itself (a richer form only where it predicts left-out networks better).
+
+Second table, for the runs that also saved the networks their correction was
+fitted on (correction-nets-FILE.csv beside FILE.csv, written since the
+boundary term): the chosen form fitted on those networks as the run did, on
+them without the smallest network, and on the random cuts alone (the base and
+the smallest network were what
+`netadapt.lut.calibration_specs` used to put first; later runs fitted on
+the base and cuts only), each checked on all of the file's random networks;
+the mean signed error is the bias.
 
     python benchmarks/correction_forms.py benchmarks/results/lut_accuracy/validation-*.csv
 """
@@ -25,11 +35,14 @@ import json
 import numpy as np
 import pandas as pd
 
-from mobilenetv3 import NetSpec
+from pathlib import Path
+
+from mobilenetv3 import NetSpec, count
 from netadapt.cli.common import parse_input_shape
+from netadapt.groups import lower_bound_spec
 from netadapt.lut import Correction, fit_correction_terms, units_of
 
-FORMS = ("scale", "affine", "affine+boundary", "chosen")
+FORMS = ("scale", "affine", "affine+boundary", "affine+boundary+weights", "chosen")
 
 
 def boundary_millions(spec_json: str, input_shape: tuple[int, int, int, int]) -> float:
@@ -37,20 +50,31 @@ def boundary_millions(spec_json: str, input_shape: tuple[int, int, int, int]) ->
     return sum(unit.height * unit.width * unit.in_channels for unit in units[1:]) / 1e6
 
 
-def fit_form(form: str, sums: np.ndarray, measured: np.ndarray, boundaries: np.ndarray) -> Correction:
+def weights_millions(spec_json: str) -> float:
+    return sum(row.params for row in count(NetSpec.from_dict(json.loads(spec_json)))) / 1e6
+
+
+def fit_form(form: str, sums: np.ndarray, measured: np.ndarray, boundaries: np.ndarray, weights: np.ndarray) -> Correction:
+    args = (list(sums), list(measured), list(boundaries), list(weights))
     if form == "chosen":
-        return fit_correction_terms(list(sums), list(measured), list(boundaries))
-    if form == "scale":
-        # What fit_correction_terms falls back to: one ratio, least squares on relative error.
-        ratios = sums / measured
-        scale = float(ratios.sum() / (ratios**2).sum())
-        return Correction(scale=scale, samples=len(sums), rms_error=float(np.sqrt(np.mean((scale * ratios - 1) ** 2))))
+        return fit_correction_terms(*args)
     # Each form as it is, without the fit's own left-out check, which would mix them.
-    boundary = list(boundaries) if form == "affine+boundary" else None
-    correction = fit_correction_terms(list(sums), list(measured), boundary, check_left_out=False)
-    if correction.form != form:
-        raise SystemExit(f"too few or too alike networks for the {form} form (got {correction.form}); raise --fit")
-    return correction
+    return fit_correction_terms(*args, form=form)
+
+
+def columns(frame: pd.DataFrame, shape: tuple[int, int, int, int]) -> tuple[np.ndarray, ...]:
+    """Raw sums, measured figures, boundary sizes and parameter counts of a saved frame's networks."""
+    return (
+        frame["raw_sum_ms"].to_numpy(),
+        frame["measured_ms"].to_numpy(),
+        np.array([boundary_millions(spec, shape) for spec in frame["spec"]]),
+        np.array([weights_millions(spec) for spec in frame["spec"]]),
+    )
+
+
+def errors_pct(correction: Correction, sums, measured, boundaries, weights) -> np.ndarray:
+    predicted = np.array([correction.apply(*terms) for terms in zip(sums, boundaries, weights)])
+    return 100 * (predicted - measured) / measured
 
 
 def main() -> int:
@@ -62,11 +86,10 @@ def main() -> int:
     args = parser.parse_args()
     shape = parse_input_shape(args.input)
     print(f"# correction forms refitted on {args.fit} networks, checked on the rest, mean of {args.draws} draws")
-    print(f"{'file':<52} {'form':<16} {'median |error| %':>17} {'within 5% (share)':>18}")
+    print(f"{'file':<52} {'form':<24} {'median |error| %':>17} {'within 5% (share)':>18}")
     for path in args.files:
         frame = pd.read_csv(path)
-        sums, measured = frame["raw_sum_ms"].to_numpy(), frame["measured_ms"].to_numpy()
-        boundaries = np.array([boundary_millions(spec, shape) for spec in frame["spec"]])
+        data = columns(frame, shape)
         if len(frame) <= args.fit:
             raise SystemExit(f"{path}: {len(frame)} networks, need more than --fit {args.fit}")
         results: dict[str, list[tuple[float, float]]] = {form: [] for form in FORMS}
@@ -75,13 +98,35 @@ def main() -> int:
             chosen = rng.choice(len(frame), args.fit, replace=False)
             rest = np.setdiff1d(np.arange(len(frame)), chosen)
             for form in FORMS:
-                correction = fit_form(form, sums[chosen], measured[chosen], boundaries[chosen])
-                predicted = np.array([correction.apply(s, b) for s, b in zip(sums[rest], boundaries[rest])])
-                errors = np.abs(100 * (predicted - measured[rest]) / measured[rest])
+                correction = fit_form(form, *(column[chosen] for column in data))
+                errors = np.abs(errors_pct(correction, *(column[rest] for column in data)))
                 results[form].append((float(np.median(errors)), float(np.mean(errors <= 5))))
         for form in FORMS:
             medians, within = zip(*results[form])
-            print(f"{path.rsplit('/', 1)[-1]:<52} {form:<16} {np.mean(medians):>17.2f} {100 * np.mean(within):>17.1f}%")
+            print(f"{Path(path).name:<52} {form:<24} {np.mean(medians):>17.2f} {100 * np.mean(within):>17.1f}%")
+
+    print("\n# the chosen form fitted on each run's own correction networks, checked on all its random networks")
+    print(f"{'file':<52} {'fitted on':<28} {'median |error| %':>17} {'within 5%':>10} {'bias %':>7}")
+    for path in args.files:
+        fit_path = Path(path).with_name("correction-nets-" + Path(path).name)
+        if not fit_path.exists():
+            continue
+        data = columns(pd.read_csv(path), shape)
+        fit_frame = pd.read_csv(fit_path)
+        fit_data = columns(fit_frame, shape)
+        # The base comes first; runs before 2026-11-29 (weights term) also fitted on the smallest network.
+        base = NetSpec.from_dict(json.loads(fit_frame["spec"][0]))
+        smallest = lower_bound_spec(base)
+        is_smallest = np.array([NetSpec.from_dict(json.loads(spec)) == smallest for spec in fit_frame["spec"]])
+        cuts = np.flatnonzero(~is_smallest)[1:]
+        fitted_on = [("the base and the cuts", np.r_[0, cuts]), ("the random cuts alone", cuts)]
+        if is_smallest.any():
+            fitted_on.insert(0, ("all (base, smallest, cuts)", np.arange(len(fit_frame))))
+        for label, rows in fitted_on:
+            correction = fit_form("chosen", *(column[rows] for column in fit_data))
+            errors = errors_pct(correction, *data)
+            print(f"{Path(path).name:<52} {label:<28} {np.median(np.abs(errors)):>17.2f} "
+                  f"{100 * np.mean(np.abs(errors) <= 5):>9.0f}% {np.mean(errors):>+7.2f}")
     return 0
 
 

@@ -11,12 +11,13 @@ Measures, on this machine with onnxruntime:
    then (--entry-passes) re-measuring them, each entry keeping its best;
 3. accuracy: `predict_ms` vs the measured figure of S random sub-networks
    (random channel cuts of the base, at the granularity), after fitting the
-   correction on the base, the smallest cut and random cuts (as `lut build`
-   picks them), measured in the same passes as the validation networks
-   (spread among them; --fit-first measures them before, as `lut build`
-   does, which adds the machine's drift over those minutes as bias); median |error|, share within 5% and 10%, max |error|,
-   Spearman rank correlation, and the same for the affine correction
-   without the boundary term (see netadapt.lut.Correction) and the raw sum;
+   correction on the base and random cuts (as `lut build` picks them),
+   measured in the same passes as the validation networks, mixed among
+   them (--fit-first measures them before, as `lut build` does, which adds
+   the machine's drift over those minutes as bias); median |error|, share
+   within 5% and 10%, max |error|, Spearman rank correlation, and the same
+   for the affine correction (without the boundary and weights terms, see
+   netadapt.lut.Correction) and the raw sum;
    whole networks are measured for --network-seconds (2) in --passes (4)
    passes, and the two passes' disagreement is printed as the retest
    figure: the floor under any prediction error this machine can show;
@@ -70,13 +71,6 @@ from netadapt.lut import (
 )
 
 
-def _spread_position(index: int, fit_count: int, val_count: int) -> float:
-    """Where network `index` (fit networks first, then validation) goes in a pass that spreads the fit networks evenly."""
-    if index < fit_count:
-        return (index + 0.5) / fit_count * val_count
-    return float(index - fit_count)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="large", choices=["large", "small"])
@@ -106,7 +100,7 @@ def main() -> int:
         help="measure the correction's networks before the validation networks (as lut build does), not among them",
     )
     parser.add_argument(
-        "--entry-passes", type=int, default=2,
+        "--entry-passes", type=int, default=3,
         help="measure every table entry in this many passes, keeping each one's best (1 when --table is already filled)",
     )
     parser.add_argument(
@@ -165,7 +159,7 @@ def main() -> int:
           f"within-measurement CV: {', '.join(f'{100 * r.cv:.1f}%' for r in repeats)}")
 
     # 2. Build: every unit the correction and validation nets need.
-    # The correction's networks as `netadapt lut build` picks them: the base, the smallest cut, random cuts.
+    # The correction's networks as `netadapt lut build` picks them: the base and random cuts.
     fit_specs = calibration_specs(base, args.fit_samples, args.granularity, seed=args.seed)
     val_rng = random.Random(f"validate-{args.seed}")
     val_specs = [random_subnetwork(base, val_rng, args.granularity) for _ in range(args.samples)]
@@ -183,7 +177,7 @@ def main() -> int:
 
     # 3. Correction, then accuracy on other random cuts.
     # The correction's networks and the validation networks are measured in the
-    # same passes, the former spread evenly among the latter: this machine drifts
+    # same passes, mixed (measure_passes shuffles every pass): this machine drifts
     # by a few percent over minutes, even by its fastest run, and a correction
     # measured minutes before the networks it is checked on carries that drift
     # as bias (+1.6% to +3.7% in the 2026-11-29 runs). The correction is still
@@ -193,12 +187,9 @@ def main() -> int:
         fit_measured = best_of(measure_passes(fit_specs, network_measurer, shape, args.passes))
         val_passes = measure_passes(val_specs, network_measurer, shape, args.passes)
     else:
-        order = sorted(range(len(fit_specs) + len(val_specs)), key=lambda i: _spread_position(i, len(fit_specs), len(val_specs)))
-        combined = [(fit_specs + val_specs)[i] for i in order]
-        passes = measure_passes(combined, network_measurer, shape, args.passes)
-        by_index = [dict(zip(order, one_pass)) for one_pass in passes]
-        fit_measured = best_of([[one[i] for i in range(len(fit_specs))] for one in by_index])
-        val_passes = [[one[len(fit_specs) + i] for i in range(len(val_specs))] for one in by_index]
+        passes = measure_passes(fit_specs + val_specs, network_measurer, shape, args.passes)
+        fit_measured = best_of([one[: len(fit_specs)] for one in passes])
+        val_passes = [one[len(fit_specs) :] for one in passes]
     correction = table.fit_correction(fit_specs, measured=fit_measured)
     fit_sums = [table.raw_sum_ms(spec) for spec in fit_specs]
     fit_figures = [m.statistic_ms(args.statistic) for m in fit_measured]
@@ -218,6 +209,7 @@ def main() -> int:
         fit_frame = pd.DataFrame({
             "raw_sum_ms": fit_sums,
             "boundary_millions": [table.boundary_millions(spec) for spec in fit_specs],
+            "weights_millions": [table.weights_millions(spec) for spec in fit_specs],
             "measured_ms": fit_figures,
             "spec": [json.dumps(spec.to_dict(), separators=(",", ":")) for spec in fit_specs],
         })

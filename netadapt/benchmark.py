@@ -41,6 +41,7 @@ import contextlib
 import dataclasses
 import os
 import platform
+import random
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -494,9 +495,23 @@ def measure_passes(
     Each spec is exported once, and each pass measures all of them together
     (`measure_all`). Passes spread a spec's measurements further over time,
     so one long burst of load from another job cannot spoil all of them.
+    Each pass goes through the specs in its own random order (seeded, so
+    reruns repeat it): the machine drifts over the minutes a pass takes, and
+    in list order that drift would follow the specs' positions, a trend
+    rather than noise that passes cannot average out.
     """
     models = [onnx_bytes(build(spec), input_shape) for spec in specs]
-    return [measure_all(measurer, models) for _ in range(max(1, passes))]
+    order_rng = random.Random(0)
+    passes_measured = []
+    for _ in range(max(1, passes)):
+        order = list(range(len(models)))
+        order_rng.shuffle(order)
+        measured = measure_all(measurer, [models[index] for index in order])
+        by_spec: list[Measurement] = [None] * len(models)  # type: ignore[list-item]
+        for index, measurement in zip(order, measured):
+            by_spec[index] = measurement
+        passes_measured.append(by_spec)
+    return passes_measured
 
 
 def best_of(passes: list[list[Measurement]]) -> list[Measurement]:

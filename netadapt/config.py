@@ -107,7 +107,7 @@ class LutConfig:
     min_channels: int = 8  # no prunable group goes below this
     # Whole networks measured to fit the table's sum-to-network correction
     # (an isolated unit carries its own session overhead, so a raw sum overshoots).
-    correction_samples: int = 8
+    correction_samples: int = 12
     # Each search iteration first measures, together, the units of every group's
     # next `prefetch_widths` widths (most choices need only those); measuring
     # them side by side is steadier than one at a time on demand.

@@ -40,13 +40,14 @@ import torch
 from torch import nn
 
 from mobilenetv3 import NetSpec
+from mobilenetv3.counts import count as count_parameters
 from mobilenetv3.counts import spatial_after
 from mobilenetv3.fileio import atomic_write_text
 from mobilenetv3.model import _ACTIVATIONS, ConvNormActivation, InvertedResidual
 from mobilenetv3.spec import BlockSpec
 from netadapt.benchmark import DEFAULT_STATISTIC, STATISTICS, Measurement, Measurer, measure_all, measure_best_of
 from netadapt.errors import LatencyTableError
-from netadapt.groups import candidate_widths, lower_bound_spec, prunable_groups, with_width
+from netadapt.groups import candidate_widths, prunable_groups, with_width
 from netadapt.onnx_export import onnx_bytes
 
 __all__ = [
@@ -188,9 +189,10 @@ def table_filename(fingerprint: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- correction
 @dataclass(frozen=True)
 class Correction:
-    """measured ≈ scale * sum(unit figures) + offset_ms + boundary_ms_per_million * boundary,
-    fitted over whole networks of one family; `boundary` counts the elements (millions, per
-    image) of the activations passed between the spec's units.
+    """measured ≈ scale * sum(unit figures) + offset_ms + boundary_ms_per_million * boundary
+    + weights_ms_per_million * weights, fitted over whole networks of one family; `boundary`
+    counts the elements (millions, per image) of the activations passed between the spec's
+    units, `weights` the network's parameters (millions).
 
     The offset: every unit measured alone pays one session's fixed cost
     (input copy, output allocation, dispatch), the whole network pays it
@@ -216,12 +218,22 @@ class Correction:
     (in one smoke run at 32x32, `benchmarks/lut_accuracy.py --input 1x3x32x32
     --samples 4 --fit-samples 6 --passes 2 --network-seconds 0.05
     --min-seconds 0.02`, it predicted 12.7% off against 2.1% for the affine
-    form), so the fit keeps it only when it predicts left-out
-    networks better; with that check the six runs gave 1.29-2.60% and
-    83-99.6%.
+    form), so the fit keeps it only when it predicts left-out networks
+    about as well as the best form.
 
-    The scale absorbs what stays proportional (cache effects, fusion across
-    unit boundaries).
+    The weights term: a unit measured alone runs the same few weights over
+    and over, so they stay in the core's cache; the whole network streams all
+    of its weights through the cache on every inference (Large at 224 holds
+    5.5 M parameters, 22 MB, against 1 MB of L2 per core here). So bigger
+    networks run slower than their units' sum says. After the boundary term,
+    the residual of the same six runs correlates with the parameter count
+    (+0.35 to +0.62), and fits with the weights term predicted left-out
+    networks better in all six (benchmarks/correction_forms.py).
+
+    The fit picks, among the forms its data supports, the richest one that
+    predicts networks left out of the fit about as well as the best (see
+    `fit_correction_terms`), so a term that only fits noise stays out. The
+    scale absorbs what stays proportional (fusion across unit boundaries).
     """
 
     scale: float
@@ -229,13 +241,21 @@ class Correction:
     rms_error: float  # relative RMS error of the fit over those networks
     offset_ms: float = 0.0  # absent from tables written before the affine fit
     boundary_ms_per_million: float = 0.0  # absent from tables written before the boundary term
+    weights_ms_per_million: float = 0.0  # absent from tables written before the weights term
 
-    def apply(self, raw_sum_ms: float, boundary_millions: float = 0.0) -> float:
-        return self.scale * raw_sum_ms + self.offset_ms + self.boundary_ms_per_million * boundary_millions
+    def apply(self, raw_sum_ms: float, boundary_millions: float = 0.0, weights_millions: float = 0.0) -> float:
+        return (
+            self.scale * raw_sum_ms
+            + self.offset_ms
+            + self.boundary_ms_per_million * boundary_millions
+            + self.weights_ms_per_million * weights_millions
+        )
 
     @property
     def form(self) -> str:
-        """Which terms the fit used: "scale", "affine" or "affine+boundary"."""
+        """Which terms the fit used: one of FORMS ("scale", "affine", "affine+boundary", ...)."""
+        if self.weights_ms_per_million:
+            return "affine+boundary+weights"
         if self.boundary_ms_per_million:
             return "affine+boundary"
         return "affine" if self.offset_ms else "scale"
@@ -245,70 +265,115 @@ class Correction:
         terms = f"scale {self.scale:.4f}, offset {self.offset_ms:+.4f} ms"
         if self.boundary_ms_per_million:
             terms += f", {self.boundary_ms_per_million:+.4f} ms per million boundary elements"
+        if self.weights_ms_per_million:
+            terms += f", {self.weights_ms_per_million:+.4f} ms per million parameters"
         return f"{terms} from {self.samples} whole networks (fit rms error {100 * self.rms_error:.2f}%)"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-# Whole networks a fit needs before it adds a term: the affine form needs two
-# of different sizes, the boundary term enough more that three coefficients
-# are not fitted to the noise of a few measurements.
-AFFINE_MIN_SAMPLES = 2
-BOUNDARY_MIN_SAMPLES = 6
+# The forms a fit chooses from, simplest first, with the terms (columns) each
+# uses and the whole networks it needs before it is tried: the affine form two
+# of different sizes, each further term enough more that its coefficients are
+# not fitted to the noise of a few measurements.
+FORMS: dict[str, tuple[tuple[str, ...], int]] = {
+    "scale": (("scale",), 1),
+    "affine": (("scale", "offset"), 2),
+    "affine+boundary": (("scale", "offset", "boundary"), 6),
+    "affine+boundary+weights": (("scale", "offset", "boundary", "weights"), 9),
+}
+# How much worse than the best form's left-out error a richer form's may be and
+# still be used. On the saved 224x224 runs, 1.25 did as well as always using
+# the richest form and better than taking the best left-out error
+# (benchmarks/correction_forms.py, "chosen" against the forms).
+LEFT_OUT_TOLERANCE = 1.25
 
 
 def fit_correction_terms(
-    sums: list[float], measured: list[float], boundaries: list[float] | None = None, check_left_out: bool = True
+    sums: list[float],
+    measured: list[float],
+    boundaries: list[float] | None = None,
+    weights: list[float] | None = None,
+    check_left_out: bool = True,
+    form: str | None = None,
 ) -> Correction:
-    """Fit a `Correction` to whole-network figures (ms) and their raw sums (and boundary sizes, millions).
+    """Fit a `Correction` to whole-network figures (ms), their raw sums, boundary sizes and parameter counts (millions).
 
     Least squares on relative error, minimising sum((prediction/measured - 1)^2),
-    so big and small networks weigh the same. The richest form the data
-    supports is used: the boundary term from BOUNDARY_MIN_SAMPLES networks
-    whose boundary sizes differ, if it predicts each network left out of the
-    fit better than the affine form does; the affine form from
-    AFFINE_MIN_SAMPLES networks whose sums differ; otherwise one ratio; a form that fits a non-positive scale
-    or predicts a non-positive latency for one of the networks falls back
-    to the next simpler one. `check_left_out=False` skips the left-out
-    comparison (to study the forms, benchmarks/correction_forms.py).
+    so big and small networks weigh the same. A form is a candidate when the
+    data supports it: enough networks (see FORMS) and, for each of its terms,
+    values that differ between the networks (sums, boundaries, weights by
+    more than 5%). Of the candidates from the affine form up, the one that
+    predicts each network left out of the fit best is used, or a richer one
+    whose left-out error is within LEFT_OUT_TOLERANCE of the best; one ratio
+    where no affine form is possible. A form that fits a non-positive scale
+    or predicts a non-positive latency for one of the networks falls back to
+    the next simpler one.
+
+    `check_left_out=False` uses the richest candidate without the left-out
+    comparison, and `form` asks for one form (refused when the data cannot
+    support it); both are for studying the forms
+    (benchmarks/correction_forms.py).
     """
-    sums_array, measured_array = np.asarray(sums, dtype=float), np.asarray(measured, dtype=float)
-    boundary_array = np.zeros_like(sums_array) if boundaries is None else np.asarray(boundaries, dtype=float)
-    if not (len(sums_array) == len(measured_array) == len(boundary_array)) or not len(sums_array):
+    columns = {"scale": np.asarray(sums, dtype=float), "offset": np.ones(len(sums))}
+    columns["boundary"] = np.zeros(len(sums)) if boundaries is None else np.asarray(boundaries, dtype=float)
+    columns["weights"] = np.zeros(len(sums)) if weights is None else np.asarray(weights, dtype=float)
+    measured_array = np.asarray(measured, dtype=float)
+    lengths = [len(measured_array), *(len(columns[name]) for name in ("scale", "boundary", "weights"))]
+    if len(set(lengths)) != 1 or not lengths[0]:
         raise LatencyTableError(
-            f"a correction needs as many sums, measurements and boundary sizes, got {len(sums_array)}, "
-            f"{len(measured_array)} and {len(boundary_array)}"
+            "a correction needs as many sums, measurements, boundary sizes and parameter counts, got "
+            f"{lengths[1]}, {lengths[0]}, {lengths[2]} and {lengths[3]}"
         )
-    columns = {"scale": sums_array, "offset": np.ones_like(sums_array), "boundary": boundary_array}
-    forms = [["scale"]]
-    if len(sums) >= AFFINE_MIN_SAMPLES and sums_array.max() > 1.05 * sums_array.min():
-        forms.insert(0, ["scale", "offset"])
-        if len(sums) >= BOUNDARY_MIN_SAMPLES and boundary_array.max() > 1.05 * boundary_array.min():
-            forms.insert(0, ["scale", "offset", "boundary"])
-    if check_left_out and len(forms) == 3 and _leave_one_out_rms(columns, forms[0], measured_array) >= _leave_one_out_rms(columns, forms[1], measured_array):
-        # The boundary term must predict networks left out of the fit better than
-        # the affine form does; at small inputs, where boundaries are tiny and
-        # measurements noisy, a third coefficient mostly fits noise.
-        forms.pop(0)
-    for form in forms:
-        design = np.stack([columns[term] / measured_array for term in form], axis=1)
-        solution, *_ = np.linalg.lstsq(design, np.ones(len(sums_array)), rcond=None)
-        coefficients = dict(zip(form, (float(value) for value in solution)))
+
+    def varies(term: str) -> bool:
+        values = columns[term]
+        return term == "offset" or values.max() > 1.05 * values.min()
+
+    supported = [
+        name for name, (terms, needed) in FORMS.items()
+        if lengths[0] >= needed and (name == "scale" or all(varies(term) for term in terms))
+    ]
+    if form is not None:
+        if form not in supported:
+            raise LatencyTableError(f"the {form} form needs more networks or more varied ones; possible: {supported}")
+        candidates = [form]
+    elif len(supported) == 1:
+        candidates = supported
+    elif not check_left_out:
+        candidates = supported[::-1]
+    else:
+        # A richer form must predict networks left out of the fit about as well
+        # as the best form does: at small inputs, where boundaries are tiny and
+        # measurements noisy, extra coefficients mostly fit noise (and predict
+        # left-out networks several times worse). Within the tolerance the
+        # richer form is kept, since the left-out error of a dozen networks is
+        # itself noisy and the terms have a physical cause (see Correction).
+        left_out = {name: _leave_one_out_rms(columns, FORMS[name][0], measured_array) for name in supported[1:]}
+        best = min(left_out.values())
+        richest = [name for name, error in left_out.items() if error <= LEFT_OUT_TOLERANCE * best][-1]
+        candidates = supported[: supported.index(richest) + 1][::-1]
+    for name in candidates:
+        terms = FORMS[name][0]
+        design = np.stack([columns[term] / measured_array for term in terms], axis=1)
+        solution, *_ = np.linalg.lstsq(design, np.ones(len(measured_array)), rcond=None)
+        coefficients = dict(zip(terms, (float(value) for value in solution)))
         predictions = design @ solution * measured_array
         if coefficients["scale"] > 0 and np.all(predictions > 0):
             break
     rms = float(np.sqrt(np.mean((predictions / measured_array - 1.0) ** 2)))
     return Correction(
         scale=coefficients["scale"],
-        samples=len(sums_array),
+        samples=len(measured_array),
         rms_error=rms,
         offset_ms=coefficients.get("offset", 0.0),
         boundary_ms_per_million=coefficients.get("boundary", 0.0),
+        weights_ms_per_million=coefficients.get("weights", 0.0),
     )
 
 
-def _leave_one_out_rms(columns: dict[str, np.ndarray], form: list[str], measured: np.ndarray) -> float:
+def _leave_one_out_rms(columns: dict[str, np.ndarray], form: tuple[str, ...], measured: np.ndarray) -> float:
     """Relative RMS error of predicting each network from a fit of `form` on all the others."""
     design = np.stack([columns[term] / measured for term in form], axis=1)
     errors = []
@@ -348,7 +413,8 @@ class LatencyTable:
         if statistic not in STATISTICS:
             raise LatencyTableError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
         self.statistic = statistic  # which column predictions sum: the measurer's statistic unless asked otherwise
-        self._key_cache: dict[NetSpec, tuple[list[str], float]] = {}  # keys, boundary elements in millions
+        self._key_cache: dict[NetSpec, tuple[list[str], float, float]] = {}  # keys, boundary elements and parameters in millions
+        self._order_rng = random.Random(0)  # the order units are measured in (see _measure_all)
         self.measured_count = 0  # entries measured by this object (on demand or by fill)
         self.measure_seconds = 0.0  # time spent exporting and measuring them
 
@@ -527,6 +593,17 @@ class LatencyTable:
     def _measure_all(self, units: list[Unit], progress: bool, save_every: int) -> None:
         # Batches of `save_every` units are measured together (interleaved) and
         # then saved, so a kill loses at most the batch being measured.
+        # In random order: the machine drifts by a few percent over the minutes
+        # a build takes, and in first-seen order the units only one network
+        # uses are measured one after another, so that network's sum would
+        # carry the drift of that moment as a whole; shuffled, each network's
+        # units come from all through the build and their drifts average out.
+        # (In four of five runs of benchmarks/lut_accuracy.py on 2026-11-29 the
+        # prediction error followed the network's place in the list by which
+        # its units and its whole-network measurements were ordered, |correlation|
+        # 0.4-0.7.)
+        units = list(units)
+        self._order_rng.shuffle(units)
         bar = None
         if progress and units:
             from tqdm import tqdm
@@ -554,15 +631,16 @@ class LatencyTable:
         return float(row[f"{self.statistic}_ms"])
 
     # ------------------------------------------------------------ prediction
-    def _layout(self, spec: NetSpec) -> tuple[list[str], float]:
+    def _layout(self, spec: NetSpec) -> tuple[list[str], float, float]:
         # A search predicts the same specs over and over; building their units
-        # costs more than summing them, so keys (and the boundary size the
-        # correction needs) are cached per (hashable) spec.
+        # costs more than summing them, so keys (and the boundary size and
+        # parameter count the correction needs) are cached per (hashable) spec.
         layout = self._key_cache.get(spec)
         if layout is None:
             units = self.units(spec)
             boundary = sum(unit.height * unit.width * unit.in_channels for unit in units[1:])
-            layout = ([unit.key() for unit in units], boundary / 1e6)
+            parameters = sum(row.params for row in count_parameters(spec, self.input_shape[2]))
+            layout = ([unit.key() for unit in units], boundary / 1e6, parameters / 1e6)
             self._key_cache[spec] = layout
         return layout
 
@@ -572,6 +650,10 @@ class LatencyTable:
     def boundary_millions(self, spec: NetSpec) -> float:
         """Elements (millions, per image) of the activations between `spec`'s units: the correction's boundary term."""
         return self._layout(spec)[1]
+
+    def weights_millions(self, spec: NetSpec) -> float:
+        """Parameters (millions) of `spec`: the correction's weights term."""
+        return self._layout(spec)[2]
 
     def raw_sum_ms(self, spec: NetSpec, statistic: str | None = None) -> float:
         """Sum of the unit entries (median, or `statistic`), without the correction."""
@@ -603,7 +685,7 @@ class LatencyTable:
         """
         correction = self.correction_for(spec, statistic)
         raw = self.raw_sum_ms(spec, statistic)
-        return correction.apply(raw, self.boundary_millions(spec)) if correction else raw
+        return correction.apply(raw, self.boundary_millions(spec), self.weights_millions(spec)) if correction else raw
 
     def fit_correction(
         self, specs: list[NetSpec], repeats: int = 1, measured: list[Measurement] | None = None
@@ -635,7 +717,8 @@ class LatencyTable:
             sums = [self.raw_sum_ms(spec, statistic) for spec in specs]
             figures = [m.statistic_ms(statistic) for m in whole]
             boundaries = [self.boundary_millions(spec) for spec in specs]
-            self.corrections[_correction_key(family, statistic)] = fit_correction_terms(sums, figures, boundaries)
+            weights = [self.weights_millions(spec) for spec in specs]
+            self.corrections[_correction_key(family, statistic)] = fit_correction_terms(sums, figures, boundaries, weights)
         self.save()
         return self.corrections[_correction_key(family, self.statistic)]
 
@@ -709,12 +792,29 @@ def random_subnetwork(
 
 
 def calibration_specs(base: NetSpec, count: int, granularity: int = 8, min_channels: int = 8, seed: int = 0) -> list[NetSpec]:
-    """Whole networks to fit a correction on: the base, the smallest network of
-    its search space, and random cuts between them, so the fit spans every size
-    a search visits (the affine fit needs that spread)."""
+    """Whole networks to fit a correction on: `base`, then distinct random cuts
+    of it, drawn as `lut validate` draws the networks it checks (with their own
+    seed), so the fit sees the sizes and shapes a search visits.
+
+    The base stays because a search starts from it and predicts cuts close to
+    it first. The smallest network of the search space, which the fit used to
+    include to stretch the range, does not: it sits off the trend of the cuts,
+    and without it the correction predicted the 2026-11-29 runs' random
+    networks with less bias (+1.0 to +2.8% against +1.7 to +3.6%) and more of
+    them within 5% (86-94% against 70-82%); the cuts alone did better still,
+    but leave the base, 5-9% slower than their trend, unanchored
+    (benchmarks/correction_forms.py refits each way).
+    """
     rng = random.Random(f"correction-{seed}")
-    cuts = [random_subnetwork(base, rng, granularity, min_channels) for _ in range(max(0, count - 2))]
-    return [base, lower_bound_spec(base, min_channels, granularity), *cuts][: max(count, 1)]
+    specs, seen = [base], {base}
+    for _ in range(100 * count):  # a repeated network adds nothing to the fit
+        if len(specs) >= count:
+            break
+        cut = random_subnetwork(base, rng, granularity, min_channels)
+        if cut not in seen:
+            specs.append(cut)
+            seen.add(cut)
+    return specs
 
 
 # --------------------------------------------------------------- validation
@@ -742,8 +842,9 @@ def validate(
 
     Returns:
         Columns `index, predicted_ms, measured_ms, error_pct, raw_sum_ms,
-        boundary_millions, measured_cv, predict_us` (boundary_millions: the
-        correction's boundary size; predict_us: time of the prediction alone),
+        boundary_millions, weights_millions, measured_cv, predict_us`
+        (boundary_millions, weights_millions: the correction's boundary size
+        and parameter count; predict_us: time of the prediction alone),
         the same for the 10th percentile (`predicted_p10_ms, measured_p10_ms,
         error_p10_pct`) and the spec as JSON.
     """
@@ -766,6 +867,7 @@ def validate(
                 "error_pct": 100.0 * (predicted - actual) / actual,
                 "raw_sum_ms": table.raw_sum_ms(spec),
                 "boundary_millions": table.boundary_millions(spec),
+                "weights_millions": table.weights_millions(spec),
                 "measured_cv": measured.cv,
                 "predict_us": predict_us,
                 # The same comparison on the 10th percentile, which load on a shared machine disturbs less.

@@ -327,8 +327,8 @@ def run_search(
                                                    config.lut.min_channels, config.lut.seed),
                                  repeats=config.measure.repeats)
         smallest = lower_bound_spec(model.spec, config.lut.min_channels, config.lut.granularity)
-        # Predicted, as the issue asks: the correction fitted above (on the base,
-        # the smallest network and random cuts) puts it on the measured scale.
+        # Predicted, as the issue asks: the correction fitted above (on the base
+        # and random cuts) puts it on the measured scale.
         lower_bound = table.predict_ms(smallest)
         if budget_ms < lower_bound and base_ms > budget_ms:
             raise SearchError(

@@ -21,6 +21,28 @@ def _one_torch_thread():
     torch.set_num_threads(previous)
 
 
+class SizeMeasurer:
+    """A Measurer whose figure is the model's size in kB, and which records the order it is asked in."""
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    def fingerprint(self) -> dict:
+        return {"cpu": "size"}
+
+    def measure(self, onnx_bytes: bytes):
+        from netadapt.benchmark import summarize
+
+        self.asked.append(len(onnx_bytes))
+        return summarize([len(onnx_bytes) / 1000])
+
+
+@pytest.fixture
+def size_measurer() -> type[SizeMeasurer]:
+    """Makes Measurers that need no timing: results show which model was measured, and when."""
+    return SizeMeasurer
+
+
 @pytest.fixture(scope="session")
 def tiny_spec() -> NetSpec:
     """A 3-block spec that still has every block feature: expansion, SE, residual, stride."""

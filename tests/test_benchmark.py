@@ -17,6 +17,7 @@ from netadapt.benchmark import (
     Measurer,
     Target,
     measure,
+    measure_passes,
     measure_spec,
     measure_spec_ms,
     scheduling_priority,
@@ -136,6 +137,25 @@ def test_local_measurer_is_a_measurer_and_measures_specs(tiny_spec):
     assert measure_spec_ms(tiny_spec, measurer, SHAPE) > 0
     with pytest.raises(ConfigError, match="channels"):
         measure_spec(tiny_spec, measurer, (1, 3, 32, 32))
+
+
+def test_measure_passes_shuffles_each_pass_and_returns_results_in_spec_order(tiny_spec, size_measurer):
+    specs = [tiny_spec.replace(last_conv=width) for width in (8, 16, 24, 32, 40, 48, 56, 64)]
+    sizes = [len(onnx_bytes(build(spec), SHAPE)) for spec in specs]
+    assert len(set(sizes)) == len(sizes)
+    measurer = size_measurer()
+    passes = measure_passes(specs, measurer, SHAPE, passes=3)
+    assert len(passes) == 3
+    for one_pass in passes:
+        assert [m.latency_ms for m in one_pass] == pytest.approx([size / 1000 for size in sizes])
+    orders = [measurer.asked[i * len(specs) : (i + 1) * len(specs)] for i in range(3)]
+    assert all(sorted(order) == sorted(sizes) for order in orders)
+    # Drift over a pass must not follow the list: the passes go in other, differing orders.
+    assert orders[0] != sizes and len({tuple(order) for order in orders}) == 3
+    # Seeded: a rerun asks in the same orders.
+    again = size_measurer()
+    measure_passes(specs, again, SHAPE, passes=3)
+    assert again.asked == measurer.asked
 
 
 def test_bench_cli_onnx_file_json(tmp_path, tiny_spec, capsys):

@@ -13,9 +13,9 @@ from mobilenetv3 import count
 from netadapt.benchmark import LocalMeasurer, Measurement, Target, cpu_model, measure_best_of, summarize
 from netadapt.cli.main import main
 from netadapt.errors import LatencyTableError
-from netadapt.groups import candidate_widths, prunable_groups
+from netadapt.groups import candidate_widths, lower_bound_spec, prunable_groups
 from netadapt.lut import (
-    BOUNDARY_MIN_SAMPLES,
+    FORMS,
     VERSION,
     LatencyTable,
     calibration_specs,
@@ -25,6 +25,7 @@ from netadapt.lut import (
     random_subnetwork,
     table_filename,
     unit_module,
+    unit_onnx,
     units_of,
     validate,
 )
@@ -159,6 +160,19 @@ class ScriptedMeasurer:
         return summarize([next(self.medians)])
 
 
+def test_fill_measures_units_in_random_order_and_files_each_under_its_key(tmp_path, tiny_spec, size_measurer):
+    specs = [tiny_spec, tiny_spec.replace(last_conv=32), tiny_spec.replace(head_hidden=16)]
+    measurer = size_measurer()
+    table = LatencyTable.open(tmp_path / "lut.csv", measurer, SHAPE)
+    todo = table.missing(specs)
+    assert table.fill(specs, progress=False) == len(todo) == 9  # 6, a last conv and head of 32, a head of 16
+    first_seen = [len(unit_onnx(unit, 1)) for unit in todo]
+    # Not in first-seen order, where one network's own units would be measured back to back.
+    assert sorted(measurer.asked) == sorted(first_seen) and measurer.asked != first_seen
+    for unit in todo:
+        assert table.entry_ms(unit) == pytest.approx(len(unit_onnx(unit, 1)) / 1000)
+
+
 def test_remeasure_keeps_each_entrys_best(tmp_path, tiny_spec):
     # Pass 1: every unit 5 ms. Pass 2: alternately 1 ms (kept) and 9 ms (ignored).
     table = LatencyTable.open(tmp_path / "lut.csv", ScriptedMeasurer([5.0] * 6 + [1.0, 9.0] * 3), SHAPE)
@@ -188,30 +202,42 @@ def test_boundary_size_counts_the_activations_between_units(tmp_path, tiny_spec)
     assert table.boundary_millions(tiny_spec.replace(last_conv=32)) == pytest.approx((expected - 8 * 8 * 32) / 1e6)
 
 
-def _synthetic_family(count, scale=1.1, offset=-0.2, per_million=-0.3):
-    # Sums and boundary sizes that vary independently, figures that follow the model exactly.
+def _synthetic_family(count, scale=1.1, offset=-0.2, per_million=-0.3, per_parameter_million=0.05):
+    # Sums, boundary sizes and parameter counts that vary independently, figures that follow the model exactly.
     rng = random.Random(0)
     sums = [rng.uniform(1.0, 3.0) for _ in range(count)]
     boundaries = [rng.uniform(0.2, 1.0) for _ in range(count)]
-    measured = [scale * s + offset + per_million * b for s, b in zip(sums, boundaries)]
-    return sums, measured, boundaries
+    weights = [rng.uniform(1.5, 5.5) for _ in range(count)]
+    measured = [scale * s + offset + per_million * b + per_parameter_million * w for s, b, w in zip(sums, boundaries, weights)]
+    return sums, measured, boundaries, weights
 
 
 def test_correction_fit_uses_the_richest_form_the_networks_support():
-    sums, measured, boundaries = _synthetic_family(BOUNDARY_MIN_SAMPLES)
-    full = fit_correction_terms(sums, measured, boundaries)
-    assert full.form == "affine+boundary" and full.samples == BOUNDARY_MIN_SAMPLES
-    assert (full.scale, full.offset_ms, full.boundary_ms_per_million) == pytest.approx((1.1, -0.2, -0.3))
+    needed = FORMS["affine+boundary+weights"][1]
+    sums, measured, boundaries, weights = _synthetic_family(needed)
+    full = fit_correction_terms(sums, measured, boundaries, weights)
+    assert full.form == "affine+boundary+weights" and full.samples == needed
+    assert (full.scale, full.offset_ms, full.boundary_ms_per_million, full.weights_ms_per_million) == pytest.approx(
+        (1.1, -0.2, -0.3, 0.05)
+    )
     assert full.rms_error == pytest.approx(0.0, abs=1e-9)
-    assert full.apply(2.0, 0.5) == pytest.approx(1.1 * 2.0 - 0.2 - 0.3 * 0.5)
-    # One network fewer: too few for three terms, so the affine form (which cannot fit exactly).
-    fewer = fit_correction_terms(sums[:-1], measured[:-1], boundaries[:-1])
-    assert fewer.form == "affine" and fewer.boundary_ms_per_million == 0.0 and fewer.rms_error > 0
-    # No boundary sizes, or all equal: the affine form; one network: a ratio.
+    assert full.apply(2.0, 0.5, 3.0) == pytest.approx(1.1 * 2.0 - 0.2 - 0.3 * 0.5 + 0.05 * 3.0)
+    assert "per million parameters" in full.describe()
+    # One network fewer: too few for four terms, so three (which cannot fit exactly).
+    fewer = fit_correction_terms(sums[:-1], measured[:-1], boundaries[:-1], weights[:-1])
+    assert fewer.form == "affine+boundary" and fewer.weights_ms_per_million == 0.0 and fewer.rms_error > 0
+    # Too few for the boundary term: the affine form.
+    boundary_needed = FORMS["affine+boundary"][1]
+    assert fit_correction_terms(sums[: boundary_needed - 1], measured[: boundary_needed - 1], boundaries[: boundary_needed - 1]).form == "affine"
+    # No boundary sizes or parameter counts, or all equal: the affine form; one network: a ratio.
     assert fit_correction_terms(sums, measured).form == "affine"
-    assert fit_correction_terms(sums, measured, [0.5] * len(sums)).form == "affine"
-    single = fit_correction_terms(sums[:1], measured[:1], boundaries[:1])
+    assert fit_correction_terms(sums, measured, [0.5] * len(sums), [2.0] * len(sums)).form == "affine"
+    single = fit_correction_terms(sums[:1], measured[:1], boundaries[:1], weights[:1])
     assert single.form == "scale" and single.scale == pytest.approx(measured[0] / sums[0])
+    # One form on request, refused where the networks cannot support it.
+    assert fit_correction_terms(sums, measured, boundaries, weights, form="affine").form == "affine"
+    with pytest.raises(LatencyTableError, match="affine\\+boundary\\+weights form needs more networks"):
+        fit_correction_terms(sums[:-1], measured[:-1], boundaries[:-1], weights[:-1], form="affine+boundary+weights")
 
 
 def test_boundary_term_is_dropped_when_it_only_fits_noise():
@@ -226,6 +252,16 @@ def test_boundary_term_is_dropped_when_it_only_fits_noise():
     assert fit_correction_terms(sums, measured, boundaries, check_left_out=False).form == "affine+boundary"
 
 
+def test_a_richer_form_close_to_the_best_left_out_error_is_kept():
+    # Figures that follow all four terms, with a little noise: every richer form
+    # predicts left-out networks about as well or better, so the richest is used.
+    sums, measured, boundaries, weights = _synthetic_family(12)
+    noisy = [value * (1 + noise) for value, noise in zip(measured, [0.004, -0.004] * 6)]
+    correction = fit_correction_terms(sums, noisy, boundaries, weights)
+    assert correction.form == "affine+boundary+weights"
+    assert correction.weights_ms_per_million == pytest.approx(0.05, abs=0.02)
+
+
 def test_correction_fit_falls_back_from_an_implausible_form():
     # Figures that fall as the sum grows: the affine fit needs a negative scale,
     # so the single ratio is used, which keeps every prediction positive.
@@ -233,36 +269,54 @@ def test_correction_fit_falls_back_from_an_implausible_form():
     assert correction.form == "scale" and correction.scale > 0
     with pytest.raises(LatencyTableError, match="as many sums"):
         fit_correction_terms([1.0, 2.0], [1.0, 2.0], [0.5])
+    with pytest.raises(LatencyTableError, match="as many sums"):
+        fit_correction_terms([1.0, 2.0], [1.0, 2.0], [0.5, 0.6], [1.0])
 
 
-def test_prediction_applies_the_boundary_term(tmp_path, tiny_spec):
-    # Whole networks that follow scale 0.5, offset 1 ms and 2 ms per million
-    # boundary elements exactly; predictions of other cuts follow them too.
-    specs = [tiny_spec, *(random_subnetwork(tiny_spec, random.Random(seed), granularity=8) for seed in range(12))]
-    specs = list(dict.fromkeys(specs))[:BOUNDARY_MIN_SAMPLES + 1]
+def test_prediction_applies_the_boundary_and_weights_terms(tmp_path, tiny_spec):
+    # Whole networks that follow scale 0.5, offset 1 ms, 2 ms per million
+    # boundary elements and 0.3 ms per million parameters exactly; predictions
+    # of other cuts follow them too.
+    specs = [tiny_spec, *(random_subnetwork(tiny_spec, random.Random(seed), granularity=8) for seed in range(40))]
+    specs = list(dict.fromkeys(specs))[: FORMS["affine+boundary+weights"][1] + 1]
     table = LatencyTable.open(tmp_path / "lut.csv", CountingMeasurer(), SHAPE)
     table.fill(specs, progress=False)
+    assert table.weights_millions(tiny_spec) == pytest.approx(sum(row.params for row in count(tiny_spec)) / 1e6)
 
     def model(spec):
-        return 0.5 * table.raw_sum_ms(spec) + 1.0 + 2.0 * table.boundary_millions(spec)
+        return 0.5 * table.raw_sum_ms(spec) + 1.0 + 2.0 * table.boundary_millions(spec) + 0.3 * table.weights_millions(spec)
 
     fit, check = specs[:-1], specs[-1]
     measured = [summarize([model(spec)]) for spec in fit]
     correction = table.fit_correction(fit, measured=measured)
-    assert correction.form == "affine+boundary"
+    assert correction.form == "affine+boundary+weights"
     assert table.predict_ms(check) == pytest.approx(model(check), rel=1e-6)
     # The coefficients survive a save and load.
     path = tmp_path / "lut.csv"
     reopened = LatencyTable.open(path, CountingMeasurer(), SHAPE)
     assert reopened.predict_ms(check) == pytest.approx(model(check), rel=1e-6)
-    # A table saved before the term existed has corrections without it: read as no boundary term.
+    # A table saved before the terms existed has corrections without them: read as no such terms.
     first, _, body = path.read_text().partition("\n")
     header = json.loads(first[2:])
     for stored in header["corrections"].values():
-        del stored["boundary_ms_per_million"]
+        del stored["boundary_ms_per_million"], stored["weights_ms_per_million"]
     path.write_text("# " + json.dumps(header) + "\n" + body)
     older = LatencyTable.open(path, CountingMeasurer(), SHAPE).correction_for(check)
     assert older.form == "affine" and older.scale == pytest.approx(correction.scale)
+
+
+def test_calibration_networks_are_the_base_and_distinct_random_cuts(tiny_spec):
+    base = m.large()
+    specs = calibration_specs(base, 12)
+    assert specs[0] == base and len(specs) == 12 and len(set(specs)) == 12
+    assert lower_bound_spec(base, 8, 8) not in specs
+    assert specs == calibration_specs(base, 12)  # the same seed draws the same networks
+    assert specs != calibration_specs(base, 12, seed=1)
+    # A search space with fewer distinct cuts than asked for gives what it has, each once.
+    # (tiny with a 16-wide last conv and head: 4 * 2 * 5 * 2 * 2 = 160 networks.)
+    small_space = tiny_spec.replace(last_conv=16, head_hidden=16)
+    few = calibration_specs(small_space, 200)
+    assert few[0] == small_space and len(set(few)) == len(few) == 160
 
 
 def test_measurements_given_for_the_wrong_number_of_specs_are_refused(tmp_path, tiny_spec):
