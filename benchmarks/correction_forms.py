@@ -24,6 +24,11 @@ the smallest network were what
 the base and cuts only), each checked on all of the file's random networks;
 the mean signed error is the bias.
 
+Third table: the correlation of each run's residual with the networks'
+parameter count (after the boundary form: what the weights term is for) and
+with their position in the run's list (after the weights form: drift, when
+networks and their units were measured in list order).
+
     python benchmarks/correction_forms.py benchmarks/results/lut_accuracy/validation-*.csv
 """
 
@@ -32,26 +37,17 @@ from __future__ import annotations
 import argparse
 import json
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
-from pathlib import Path
-
-from mobilenetv3 import NetSpec, count
+from mobilenetv3 import NetSpec
 from netadapt.cli.common import parse_input_shape
 from netadapt.groups import lower_bound_spec
-from netadapt.lut import Correction, fit_correction_terms, units_of
+from netadapt.lut import Correction, boundary_millions, fit_correction_terms, weights_millions
 
 FORMS = ("scale", "affine", "affine+boundary", "affine+boundary+weights", "chosen")
-
-
-def boundary_millions(spec_json: str, input_shape: tuple[int, int, int, int]) -> float:
-    units = units_of(NetSpec.from_dict(json.loads(spec_json)), input_shape)
-    return sum(unit.height * unit.width * unit.in_channels for unit in units[1:]) / 1e6
-
-
-def weights_millions(spec_json: str) -> float:
-    return sum(row.params for row in count(NetSpec.from_dict(json.loads(spec_json)))) / 1e6
 
 
 def fit_form(form: str, sums: np.ndarray, measured: np.ndarray, boundaries: np.ndarray, weights: np.ndarray) -> Correction:
@@ -64,11 +60,12 @@ def fit_form(form: str, sums: np.ndarray, measured: np.ndarray, boundaries: np.n
 
 def columns(frame: pd.DataFrame, shape: tuple[int, int, int, int]) -> tuple[np.ndarray, ...]:
     """Raw sums, measured figures, boundary sizes and parameter counts of a saved frame's networks."""
+    specs = [NetSpec.from_dict(json.loads(spec)) for spec in frame["spec"]]
     return (
         frame["raw_sum_ms"].to_numpy(),
         frame["measured_ms"].to_numpy(),
-        np.array([boundary_millions(spec, shape) for spec in frame["spec"]]),
-        np.array([weights_millions(spec) for spec in frame["spec"]]),
+        np.array([boundary_millions(spec, shape) for spec in specs]),
+        np.array([weights_millions(spec) for spec in specs]),
     )
 
 
@@ -127,6 +124,19 @@ def main() -> int:
             errors = errors_pct(correction, *data)
             print(f"{Path(path).name:<52} {label:<28} {np.median(np.abs(errors)):>17.2f} "
                   f"{100 * np.mean(np.abs(errors) <= 5):>9.0f}% {np.mean(errors):>+7.2f}")
+
+    # What the residual still follows: a term the fit lacks shows as a correlation
+    # with the parameter count; drift while a run measured its networks in list
+    # order (before 2026-11-29's shuffle) as a correlation with the position.
+    print("\n# correlation of each run's residual (fitted on all its random networks) with")
+    print(f"{'file':<52} {'parameters (boundary form)':>27} {'list position (weights form)':>29}")
+    for path in args.files:
+        data = columns(pd.read_csv(path), shape)
+        boundary_fit = fit_form("affine+boundary", *data)
+        weights_fit = fit_form("affine+boundary+weights", *data)
+        position = np.arange(len(data[0]))
+        print(f"{Path(path).name:<52} {np.corrcoef(errors_pct(boundary_fit, *data), data[3])[0, 1]:>+27.2f} "
+              f"{np.corrcoef(errors_pct(weights_fit, *data), position)[0, 1]:>+29.2f}")
     return 0
 
 

@@ -506,11 +506,8 @@ def measure_passes(
     for _ in range(max(1, passes)):
         order = list(range(len(models)))
         order_rng.shuffle(order)
-        measured = measure_all(measurer, [models[index] for index in order])
-        by_spec: list[Measurement] = [None] * len(models)  # type: ignore[list-item]
-        for index, measurement in zip(order, measured):
-            by_spec[index] = measurement
-        passes_measured.append(by_spec)
+        by_index = dict(zip(order, measure_all(measurer, [models[index] for index in order])))
+        passes_measured.append([by_index[index] for index in range(len(models))])
     return passes_measured
 
 

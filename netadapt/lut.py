@@ -54,6 +54,7 @@ __all__ = [
     "Correction",
     "LatencyTable",
     "Unit",
+    "boundary_millions",
     "calibration_specs",
     "fit_correction_terms",
     "first_iteration_specs",
@@ -64,6 +65,7 @@ __all__ = [
     "unit_module",
     "units_of",
     "validate",
+    "weights_millions",
 ]
 
 FORMAT = "netadapt-lut"
@@ -226,9 +228,11 @@ class Correction:
     of its weights through the cache on every inference (Large at 224 holds
     5.5 M parameters, 22 MB, against 1 MB of L2 per core here). So bigger
     networks run slower than their units' sum says. After the boundary term,
-    the residual of the same six runs correlates with the parameter count
-    (+0.35 to +0.62), and fits with the weights term predicted left-out
-    networks better in all six (benchmarks/correction_forms.py).
+    the prediction error of the same six runs falls with the parameter count
+    (correlation -0.36 to -0.67: big networks predicted too fast), and fits
+    with the weights term predicted left-out networks better in four of the
+    six and within 0.07 points of the boundary form in the other two
+    (benchmarks/correction_forms.py).
 
     The fit picks, among the forms its data supports, the richest one that
     predicts networks left out of the fit about as well as the best (see
@@ -284,9 +288,9 @@ FORMS: dict[str, tuple[tuple[str, ...], int]] = {
     "affine+boundary+weights": (("scale", "offset", "boundary", "weights"), 9),
 }
 # How much worse than the best form's left-out error a richer form's may be and
-# still be used. On the saved 224x224 runs, 1.25 did as well as always using
-# the richest form and better than taking the best left-out error
-# (benchmarks/correction_forms.py, "chosen" against the forms).
+# still be used. On the saved 224x224 runs the forms chosen this way did about
+# as well as always using the richest (benchmarks/correction_forms.py,
+# "chosen" against the forms); at 28x28 it keeps the affine form.
 LEFT_OUT_TOLERANCE = 1.25
 
 
@@ -295,7 +299,6 @@ def fit_correction_terms(
     measured: list[float],
     boundaries: list[float] | None = None,
     weights: list[float] | None = None,
-    check_left_out: bool = True,
     form: str | None = None,
 ) -> Correction:
     """Fit a `Correction` to whole-network figures (ms), their raw sums, boundary sizes and parameter counts (millions).
@@ -311,9 +314,8 @@ def fit_correction_terms(
     or predicts a non-positive latency for one of the networks falls back to
     the next simpler one.
 
-    `check_left_out=False` uses the richest candidate without the left-out
-    comparison, and `form` asks for one form (refused when the data cannot
-    support it); both are for studying the forms
+    `form` asks for one form without the left-out comparison (refused when
+    the data cannot support it), to study the forms
     (benchmarks/correction_forms.py).
     """
     columns = {"scale": np.asarray(sums, dtype=float), "offset": np.ones(len(sums))}
@@ -341,8 +343,6 @@ def fit_correction_terms(
         candidates = [form]
     elif len(supported) == 1:
         candidates = supported
-    elif not check_left_out:
-        candidates = supported[::-1]
     else:
         # A richer form must predict networks left out of the fit about as well
         # as the best form does: at small inputs, where boundaries are tiny and
@@ -382,6 +382,20 @@ def _leave_one_out_rms(columns: dict[str, np.ndarray], form: tuple[str, ...], me
         solution, *_ = np.linalg.lstsq(design[keep], np.ones(int(keep.sum())), rcond=None)
         errors.append(float(design[left_out] @ solution) - 1.0)
     return float(np.sqrt(np.mean(np.square(errors))))
+
+
+def _boundary_millions(units: list[Unit]) -> float:
+    return sum(unit.height * unit.width * unit.in_channels for unit in units[1:]) / 1e6
+
+
+def boundary_millions(spec: NetSpec, input_shape: tuple[int, int, int, int]) -> float:
+    """Elements (millions, per image) of the activations passed between `spec`'s units: the correction's boundary term."""
+    return _boundary_millions(units_of(spec, input_shape))
+
+
+def weights_millions(spec: NetSpec) -> float:
+    """Parameters (millions) of `spec`: the correction's weights term."""
+    return sum(row.params for row in count_parameters(spec)) / 1e6
 
 
 # -------------------------------------------------------------------- table
@@ -598,10 +612,10 @@ class LatencyTable:
         # uses are measured one after another, so that network's sum would
         # carry the drift of that moment as a whole; shuffled, each network's
         # units come from all through the build and their drifts average out.
-        # (In four of five runs of benchmarks/lut_accuracy.py on 2026-11-29 the
-        # prediction error followed the network's place in the list by which
-        # its units and its whole-network measurements were ordered, |correlation|
-        # 0.4-0.7.)
+        # (In five of the nine saved runs of benchmarks/lut_accuracy.py measured
+        # in list order, the prediction error followed the network's place in
+        # that list, |correlation| 0.41-0.77; 0.10 and 0.12 in the two runs
+        # since: benchmarks/correction_forms.py, third table.)
         units = list(units)
         self._order_rng.shuffle(units)
         bar = None
@@ -638,9 +652,7 @@ class LatencyTable:
         layout = self._key_cache.get(spec)
         if layout is None:
             units = self.units(spec)
-            boundary = sum(unit.height * unit.width * unit.in_channels for unit in units[1:])
-            parameters = sum(row.params for row in count_parameters(spec, self.input_shape[2]))
-            layout = ([unit.key() for unit in units], boundary / 1e6, parameters / 1e6)
+            layout = ([unit.key() for unit in units], _boundary_millions(units), weights_millions(spec))
             self._key_cache[spec] = layout
         return layout
 
