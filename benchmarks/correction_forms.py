@@ -3,7 +3,7 @@
 Reads the CSV files `benchmarks/lut_accuracy.py --out` wrote (the raw sum
 and the measured figure of each random sub-network), then many times: draws
 --fit networks of a file, fits each correction form on them with
-`netadapt.lut.fit_correction_terms` and predicts the file's other networks.
+`netadapt.latency.fit_correction_terms` and predicts the file's other networks.
 Prints, per file and form, the mean over draws of the median |error| and of
 the share within 5%. Nothing is measured, so it runs in seconds and the
 comparison is the same every time; the spread between files shows how much
@@ -12,7 +12,7 @@ the machine moved between runs.
 Forms: "scale" (one ratio), "affine" (scale and offset), "affine+boundary"
 (plus a cost per element of the activations between units),
 "affine+boundary+weights" (plus a cost per parameter; see
-netadapt.lut.Correction), and "chosen": what `fit_correction_terms` picks
+netadapt.latency.Correction), and "chosen": what `fit_correction_terms` picks
 itself (a richer form only where it predicts left-out networks better).
 
 Second table, for the runs that also saved the networks their correction was
@@ -20,7 +20,7 @@ fitted on (correction-nets-FILE.csv beside FILE.csv, written since the
 boundary term): the chosen form fitted on those networks as the run did, on
 them without the smallest network, and on the random cuts alone (the base and
 the smallest network were what
-`netadapt.lut.calibration_specs` used to put first; later runs fitted on
+`netadapt.latency.calibration_specs` used to put first; later runs fitted on
 the base and cuts only), each checked on all of the file's random networks;
 the mean signed error is the bias.
 
@@ -45,7 +45,7 @@ import pandas as pd
 from mobilenetv3 import NetSpec
 from netadapt.cli.common import parse_input_shape
 from netadapt.groups import lower_bound_spec
-from netadapt.lut import Correction, boundary_millions, fit_correction_terms, weights_millions
+from netadapt.latency import Correction, boundary_millions, fit_correction_terms, weights_millions
 
 FORMS = ("scale", "affine", "affine+boundary", "affine+boundary+weights", "chosen")
 

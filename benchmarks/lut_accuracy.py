@@ -17,7 +17,7 @@ Measures, on this machine with onnxruntime:
    the machine's drift over those minutes as bias); median |error|, share
    within 5% and 10%, max |error|, Spearman rank correlation, and the same
    for the affine correction (without the boundary and weights terms, see
-   netadapt.lut.Correction) and the raw sum;
+   netadapt.latency.Correction) and the raw sum;
    whole networks are measured for --network-seconds (2) in --passes (4)
    passes, and the two passes' disagreement is printed as the retest
    figure: the floor under any prediction error this machine can show;
@@ -60,14 +60,15 @@ import pandas as pd
 import torch
 
 import mobilenetv3 as m
-from netadapt.benchmark import LocalMeasurer, Target, best_of, cpu_model, measure_passes, measure_spec
+from netadapt.benchmark import LocalMeasurer, Target, best_of, cpu_model, measure_spec
 from netadapt.cli.common import parse_input_shape
-from netadapt.lut import (
+from netadapt.latency import (
     LatencyTable,
     calibration_specs,
     fit_correction_terms,
     random_subnetwork,
     summarize_validation,
+    trajectory_specs,
     validate,
 )
 
@@ -78,6 +79,8 @@ def main() -> int:
     parser.add_argument("--input", default="1x3x224x224")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--samples", type=int, default=50, help="random sub-networks to validate on")
+    parser.add_argument("--trajectory", type=int, default=20,
+                        help="networks from search-like paths of successive cuts down to the floor, also validated on")
     parser.add_argument("--fit-samples", type=int, default=12, help="whole networks the correction is fitted on")
     parser.add_argument("--repeats", type=int, default=5, help="whole measurements of the base for stability")
     parser.add_argument(
@@ -178,6 +181,9 @@ def main() -> int:
     fit_specs = calibration_specs(base, args.fit_samples, args.granularity, seed=args.seed)
     val_rng = random.Random(f"validate-{args.seed}")
     val_specs = [random_subnetwork(base, val_rng, args.granularity) for _ in range(args.samples)]
+    # The same draws as `netadapt lut validate`'s trajectory networks.
+    val_specs += trajectory_specs(base, args.trajectory, random.Random(f"validate-path-{args.seed}"), args.granularity)
+    kinds = ["random"] * args.samples + ["trajectory"] * (len(val_specs) - args.samples)
     table = LatencyTable.open(table_path, measurer, shape)
     before = len(table)
     build_start = time.perf_counter()
@@ -198,11 +204,12 @@ def main() -> int:
     # as bias (+1.6% to +3.7% in the 2026-11-29 runs). The correction is still
     # fitted on its own networks only. --fit-first measures them before, as
     # `netadapt lut build` does.
+    # Gauged, as the table's entries are (netadapt.latency.table).
     if args.fit_first:
-        fit_measured = best_of(measure_passes(fit_specs, network_measurer, shape, args.passes))
-        val_passes = measure_passes(val_specs, network_measurer, shape, args.passes)
+        fit_measured = best_of(table.measure_networks(fit_specs, args.passes, network_measurer))
+        val_passes = table.measure_networks(val_specs, args.passes, network_measurer)
     else:
-        passes = measure_passes(fit_specs + val_specs, network_measurer, shape, args.passes)
+        passes = table.measure_networks(fit_specs + val_specs, args.passes, network_measurer)
         fit_measured = best_of([one[: len(fit_specs)] for one in passes])
         val_passes = [one[len(fit_specs) :] for one in passes]
     correction = table.fit_correction(fit_specs, measured=fit_measured)
@@ -214,6 +221,7 @@ def main() -> int:
     print(f"   affine form alone: {affine.describe()}")
     print(f"   p10: {table.correction_for(base, 'p10').describe()}")
     frame = validate(table, val_specs, progress=False, measured=best_of(val_passes))
+    frame.insert(1, "kind", kinds)
     frame["raw_error_pct"] = 100 * (frame["raw_sum_ms"] - frame["measured_ms"]) / frame["measured_ms"]
     frame["affine_ms"] = [affine.apply(raw) for raw in frame["raw_sum_ms"]]
     frame["affine_error_pct"] = 100 * (frame["affine_ms"] - frame["measured_ms"]) / frame["measured_ms"]
@@ -235,7 +243,7 @@ def main() -> int:
     p10 = summarize_validation(
         frame.assign(error_pct=frame["error_p10_pct"], predicted_ms=frame["predicted_p10_ms"], measured_ms=frame["measured_p10_ms"])
     )
-    print(f"\n## accuracy on {summary['samples']} random sub-networks, each measured whole in {args.passes} pass(es) (measured {frame['measured_ms'].min():.2f}"
+    print(f"\n## accuracy on {summary['samples']} sub-networks (random cuts and trajectories), each measured whole in {args.passes} pass(es) (measured {frame['measured_ms'].min():.2f}"
           f"-{frame['measured_ms'].max():.2f} ms)")
     print(f"{'':<22} {'corrected':>10} {'affine':>10} {'raw sum':>10} {'p10-based':>10}   goal (on the {args.statistic} figure)")
     for key, label, goal, scale in [
@@ -248,6 +256,10 @@ def main() -> int:
     ]:
         print(f"{label:<22} {scale * summary[key]:>10.2f} {scale * affine_summary[key]:>10.2f} {scale * raw[key]:>10.2f} "
               f"{scale * p10[key]:>10.2f}   {goal}")
+    for kind, part in frame.groupby("kind"):
+        one = summarize_validation(part)
+        print(f"{kind:>10} networks ({one['samples']}): median |error| {one['median_abs_error_pct']:.2f}%, within 5% "
+              f"{100 * one['within_5_pct']:.0f}%, within 10% {100 * one['within_10_pct']:.0f}%, max {one['max_abs_error_pct']:.2f}%")
     print(f"median measured CV of a validation net: {100 * frame['measured_cv'].median():.1f}%")
     if len(val_passes) > 1:
         # The instrument's own floor: the same networks measured again minutes later.

@@ -14,7 +14,7 @@ from torch import nn
 
 from mobilenetv3.spec import BlockSpec, NetSpec
 
-__all__ = ["ConvNormActivation", "InvertedResidual", "MobileNetV3", "SqueezeExcitation", "build"]
+__all__ = ["ConvNormActivation", "InvertedResidual", "MobileNetV3", "SqueezeExcitation", "activation", "build"]
 
 # MobileNetV3 (and torchvision) use these BN settings throughout.
 BatchNorm = partial(nn.BatchNorm2d, eps=1e-3, momentum=0.01)
@@ -23,6 +23,14 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": partial(nn.ReLU, inplace=True),
     "hardswish": partial(nn.Hardswish, inplace=True),
 }
+
+
+def activation(name: str) -> Callable[[], nn.Module]:
+    """The activation factory for a spec's activation name ("relu" or "hardswish")."""
+    try:
+        return _ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(_ACTIVATIONS)}") from None
 
 
 class ConvNormActivation(nn.Sequential):
@@ -113,14 +121,11 @@ class MobileNetV3(nn.Module):
     def __init__(self, spec: NetSpec) -> None:
         super().__init__()
         self.spec = spec
-        layers: list[nn.Module] = [
-            ConvNormActivation(spec.in_channels, spec.stem, 3, stride=2, activation_layer=_ACTIVATIONS["hardswish"])
-        ]
-        for block_in, block in zip(spec.block_inputs(), spec.blocks):
-            layers.append(InvertedResidual(block_in, block))
-        layers.append(
-            ConvNormActivation(spec.last_conv_in, spec.last_conv, 1, activation_layer=_ACTIVATIONS["hardswish"])
-        )
+        from mobilenetv3.units import block_unit, last_conv_unit, stem_unit  # the units share these builders
+
+        layers: list[nn.Module] = [stem_unit(spec.in_channels, spec.stem)]
+        layers.extend(block_unit(block_in, block) for block_in, block in zip(spec.block_inputs(), spec.blocks))
+        layers.append(last_conv_unit(spec.last_conv_in, spec.last_conv))
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(

@@ -105,36 +105,33 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+_TARGET_DEFAULTS, _MEASURE_DEFAULTS = TargetConfig(), MeasureConfig()
+
+
 @dataclass(frozen=True)
 class Target:
-    """Where and how a model is measured.
+    """Where and how a model is measured: the config's `target` and `measure` sections plus the input shape.
 
-    The first six fields are part of the fingerprint; the measuring settings
-    (warm-up and run counts) change how precise a figure is, not what it is,
-    so they are not.
+    Every field has the name and the default of its config key (the config
+    sections own them; `from_config` copies them across). The first six
+    fields are part of the fingerprint; the measuring settings (warm-up and
+    run counts) change how precise a figure is, not what it is, so they are
+    not.
     """
 
-    provider: str = "CPUExecutionProvider"  # any name in onnxruntime.get_available_providers()
-    threads: int = 1  # intra-op threads; 1 gives mobile-like, low-noise numbers
-    inter_op_threads: int = 1  # only matters for parallel graph execution
-    optimization_level: str = "all"  # "disable", "basic", "extended" or "all"
+    provider: str = _TARGET_DEFAULTS.provider
+    threads: int = _TARGET_DEFAULTS.threads
+    inter_op_threads: int = _TARGET_DEFAULTS.inter_op_threads
+    optimization_level: str = _TARGET_DEFAULTS.optimization_level
     input_shape: tuple[int, int, int, int] = (1, 3, 224, 224)  # N, C, H, W
-    # Spinning workers shave wake-up latency off multi-threaded runs at the cost
-    # of burning CPU; it is onnxruntime's default and irrelevant at 1 thread.
-    allow_spinning: bool = True
-    warmup_runs: int = 10
-    min_runs: int = 30  # time at least this many runs ...
-    min_seconds: float = 0.5  # ... and for at least this long
-    max_runs: int = 10_000  # an upper bound for very fast models
-    # Scheduling of the measuring thread while the session is built and timed:
-    # "normal"; "high" (nice -10); "realtime" (SCHED_FIFO, Linux and root only).
-    # On a machine shared with other jobs, time slicing inflates the median;
-    # "realtime" gives the measured thread a core (see benchmarks/lut_accuracy.py).
-    priority: str = "normal"
-    # The figure everything downstream uses (see the module docstring), and the
-    # number of rounds the timed runs are split into for "quiet".
-    statistic: str = DEFAULT_STATISTIC
-    windows: int = 10
+    allow_spinning: bool = _TARGET_DEFAULTS.allow_spinning
+    warmup_runs: int = _MEASURE_DEFAULTS.warmup_runs
+    min_runs: int = _MEASURE_DEFAULTS.min_runs
+    min_seconds: float = _MEASURE_DEFAULTS.min_seconds
+    max_runs: int = _MEASURE_DEFAULTS.max_runs
+    priority: str = _MEASURE_DEFAULTS.priority
+    statistic: str = _MEASURE_DEFAULTS.statistic
+    windows: int = _MEASURE_DEFAULTS.windows
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
@@ -181,21 +178,10 @@ class Target:
             input_shape: (N, C, H, W); N is replaced by `target_cfg.batch`.
         """
         shape = (target_cfg.batch, *tuple(input_shape)[1:])
-        return cls(
-            provider=target_cfg.provider,
-            threads=target_cfg.threads,
-            inter_op_threads=target_cfg.inter_op_threads,
-            optimization_level=target_cfg.optimization_level,
-            input_shape=shape,  # type: ignore[arg-type]
-            allow_spinning=target_cfg.allow_spinning,
-            warmup_runs=measure_cfg.warmup_runs,
-            min_runs=measure_cfg.min_runs,
-            min_seconds=measure_cfg.min_seconds,
-            max_runs=measure_cfg.max_runs,
-            priority=measure_cfg.priority,
-            statistic=measure_cfg.statistic,
-            windows=measure_cfg.windows,
-        )
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {name: value for section in (target_cfg, measure_cfg)
+                  for name, value in dataclasses.asdict(section).items() if name in names}
+        return cls(**values, input_shape=shape)  # type: ignore[arg-type]
 
     def with_settings(self, **changes: Any) -> "Target":
         return dataclasses.replace(self, **changes)

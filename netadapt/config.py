@@ -98,21 +98,40 @@ class MeasureConfig:
     # device; "p10" is also offered (see netadapt/benchmark.py).
     statistic: Literal["quiet", "median", "p10", "min"] = "min"
     windows: int = 10  # rounds the timed runs are split into (see netadapt/benchmark.py)
+    # Where a search measures on a local target: "process" measures in a separate
+    # process that waits for the trainer to go idle first (fine-tuning in the same
+    # process inflated figures by a median 11%); "none" measures in the trainer.
+    isolation: Literal["process", "none"] = "process"
 
 
 @dataclass
 class LutConfig:
-    table: str | None = None  # table file; default: one per target fingerprint under runs/luts/
+    table: str | None = None  # table file; default: one per target fingerprint under ~/.cache/netadapt/luts/
     granularity: int = 8  # channel counts stay multiples of this (x86 NCHWc blocking)
     min_channels: int = 8  # no prunable group goes below this
     # Whole networks measured to fit the table's sum-to-network correction
     # (an isolated unit carries its own session overhead, so a raw sum overshoots).
     correction_samples: int = 12
+    # `lut build` / `lut validate` measure each new entry in `entry_passes` passes
+    # (at different moments, each keeping the best) and each whole network in
+    # `network_passes` passes; the search fits its correction with network_passes too.
+    entry_passes: int = 2
+    network_passes: int = 4
     # Each search iteration first measures, together, the units of every group's
-    # next `prefetch_widths` widths (most choices need only those); measuring
-    # them side by side is steadier than one at a time on demand.
+    # next `prefetch_widths` widths (most choices need only those); a width scan
+    # that goes further measures its next `prefetch_widths` widths together again.
     prefetch_widths: int = 3
     seed: int = 0  # draws the random sub-networks of the correction fit and of `lut validate`
+    # Units measured in every batch to gauge the machine's state; entries are stored
+    # relative to it, so entries measured under different load do not mix.
+    reference_units: int = 3
+    # Before a filled table is used, `drift_sample` entries are re-measured; if they
+    # differ from the stored ones by a median of more than `drift_tolerance_pct`,
+    # the table is re-measured whole ("remeasure"), refused ("refuse"), or, with
+    # "off", not checked.
+    drift_check: Literal["remeasure", "refuse", "off"] = "remeasure"
+    drift_sample: int = 8
+    drift_tolerance_pct: float = 5.0
 
 
 @dataclass
@@ -153,6 +172,9 @@ class SearchConfig:
     max_reduction_halvings: int = 4
     selection: Literal["accuracy", "accuracy_per_latency"] = "accuracy"
     max_iterations: int = 100
+    # The last iteration's target is clamped to the budget less this share, so the
+    # final network lands just under the budget rather than far below it.
+    budget_margin: float = 0.02
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 from netadapt.benchmark import LocalMeasurer, Measurer, Target
 from netadapt.config import MeasureConfig, TargetConfig
 from netadapt.device_server import load_token
+from netadapt.latency.isolation import IsolatedMeasurer
 from netadapt.remote import RemoteMeasurer, parse_device
 
 __all__ = ["make_measurer"]
@@ -20,13 +21,16 @@ def make_measurer(
     target_cfg: TargetConfig,
     measure_cfg: MeasureConfig,
     input_shape: tuple[int, int, int, int],
+    isolated: bool = False,
 ) -> Measurer:
-    """A `LocalMeasurer` or `RemoteMeasurer` for the config's target.
+    """A `LocalMeasurer`, `IsolatedMeasurer` or `RemoteMeasurer` for the config's target.
 
     Args:
         target_cfg: the `target` section; `device` is "local" or "remote://HOST:PORT".
         measure_cfg: the `measure` section (warm-up and run counts, sent to the device too).
         input_shape: (N, C, H, W) of the measured models; N is replaced by `target.batch`.
+        isolated: for a local target, measure in a separate process (`measure.isolation`
+            says whether a search wants it); call the measurer's `close()` when done.
 
     Raises:
         ConfigError: naming `target.device` or `target.token_file` when they are malformed,
@@ -35,7 +39,7 @@ def make_measurer(
     kind, address = parse_device(target_cfg.device)
     target = Target.from_config(target_cfg, measure_cfg, input_shape)
     if kind == "local":
-        return LocalMeasurer(target)
+        return IsolatedMeasurer(target) if isolated else LocalMeasurer(target)
     assert address is not None
     host, port = address
     return RemoteMeasurer(

@@ -27,12 +27,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import math
+from dataclasses import dataclass
+
 import pandas as pd
 
+from mobilenetv3 import NetSpec
 from mobilenetv3.fileio import atomic_write_text
 from netadapt.errors import RunDirError
 
-__all__ = ["HISTORY_COLUMNS", "RunDir"]
+__all__ = ["HISTORY_COLUMNS", "IterationNetwork", "RunDir"]
 
 # history.csv: one row per candidate (kind=candidate) and per iteration's
 # outcome (kind=base, iteration, final). Times are seconds.
@@ -44,9 +48,13 @@ HISTORY_COLUMNS = [
     "width_after",
     "status",  # ok | chosen | failed | skipped | done
     "reason",
-    "target_ms",  # the iteration's latency target L_i (predicted scale)
-    "predicted_ms",
-    "measured_ms",
+    "target_ms",  # the iteration's latency target L_i (calibrated scale)
+    "predicted_ms",  # calibrated prediction: the table's times the online calibration (what the search used)
+    "table_predicted_ms",  # the table's own prediction (its correction, no online calibration)
+    "measured_ms",  # whole network on the target: best of measure.repeats passes
+    "base_measured_ms",  # the base, measured in the same interleaved passes
+    "measured_spread_pct",  # (slowest - fastest) / fastest pass of measured_ms
+    "budget_margin_pct",  # how far under (+) or over (-) the budget the stop test found it
     "holdout_acc",
     "test_acc",
     "seed",
@@ -61,6 +69,17 @@ HISTORY_COLUMNS = [
 ]
 
 STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class IterationNetwork:
+    """One network a run committed (the base or an iteration's winner) and what the run recorded of it."""
+
+    iteration: int
+    spec: NetSpec
+    predicted_ms: float  # the prediction the search used (calibrated; the base's: the table's)
+    table_predicted_ms: float  # NaN in runs from before the column existed
+    measured_ms: float  # the search's own whole-network figure
 
 
 class RunDir:
@@ -164,6 +183,33 @@ class RunDir:
             new = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
             frame = new if frame.empty else pd.concat([frame, new], ignore_index=True)
         self.write_history(frame)
+
+    def iteration_networks(self) -> list[IterationNetwork]:
+        """The base and every completed iteration's network, in order, with the run's own figures.
+
+        Raises:
+            RunDirError: the directory is not a run (no config.yaml or
+                history.csv), or a committed iteration's spec file is missing.
+        """
+        if not self.config_path.is_file() or not self.history_path.is_file():
+            raise RunDirError(f"{self.path}: not a run directory (needs config.yaml and history.csv from netadapt search)")
+        frame = self.read_history()
+        rows = frame[frame["kind"].isin(["base", "iteration"]) & (frame["status"] == "done")]
+        networks = []
+        for row in rows.itertuples():
+            iteration = int(row.iteration)
+            spec_path = self.spec_path(iteration)
+            try:
+                spec = NetSpec.load(spec_path)
+            except FileNotFoundError:
+                raise RunDirError(f"{spec_path}: missing; iteration {iteration} of {self.path} cannot be checked") from None
+            except ValueError as error:
+                raise RunDirError(str(error)) from None
+            table = float(row.table_predicted_ms) if not pd.isna(row.table_predicted_ms) else math.nan
+            networks.append(IterationNetwork(iteration, spec, float(row.predicted_ms), table, float(row.measured_ms)))
+        if not networks:
+            raise RunDirError(f"{self.path}: history.csv has no committed base or iteration yet")
+        return networks
 
     # -------------------------------------------------------------------- log
     def logger(self, name: str = "netadapt.search") -> logging.Logger:

@@ -16,6 +16,7 @@ error; the stop test uses the whole-model latency measured on the target.
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 from mobilenetv3 import MobileNetV3, NetSpec, build
 from netadapt.base import cache_dir, obtain_base_model
-from netadapt.benchmark import Measurer
+from netadapt.benchmark import Measurer, measure_all
 from netadapt.config import Config, load_config
 from netadapt.data import Dataset, load_dataset
 from netadapt.errors import ConfigError, NetadaptError, SearchError
@@ -40,7 +41,7 @@ from netadapt.executor import (
     describe,
 )
 from netadapt.groups import ChannelGroup, candidate_widths, lower_bound_spec, prunable_groups, with_width
-from netadapt.lut import LatencyTable, calibration_specs, table_filename
+from netadapt.latency import LatencyTable, OnlineCalibration, calibration_specs, table_filename
 from netadapt.measurers import make_measurer
 from netadapt.onnx_export import onnx_bytes
 from netadapt.rundir import RunDir
@@ -48,6 +49,8 @@ from netadapt.train import evaluate, load_checkpoint, save_checkpoint, train
 
 __all__ = [
     "IterationPlan",
+    "WholeFigures",
+    "measure_whole",
     "SearchResult",
     "choose_width",
     "latency_reduction",
@@ -82,7 +85,12 @@ def latency_reduction(base_ms: float, initial_reduction: float, decay: float, it
 
 
 def choose_width(
-    spec: NetSpec, group: ChannelGroup, target_ms: float, predict_ms: Callable[[NetSpec], float]
+    spec: NetSpec,
+    group: ChannelGroup,
+    target_ms: float,
+    predict_ms: Callable[[NetSpec], float],
+    fill: Callable[[list[NetSpec]], object] | None = None,
+    window: int = 3,
 ) -> tuple[int, float] | None:
     """The largest width of `group` whose predicted latency meets `target_ms`.
 
@@ -90,9 +98,18 @@ def choose_width(
     monotonic in channels (x86 kernels block by 8/16), so the first width that
     meets the target is the largest one. Returns (width, predicted ms), or None
     when even the group's minimum misses the target.
+
+    `fill(specs)`, if given, is called with the cuts of each next `window`
+    widths before the scan reaches them (e.g. `LatencyTable.fill`), so the
+    entries a scan lacks are measured together, in one interleaved batch,
+    rather than one by one at different moments.
     """
-    for width in candidate_widths(group):
-        predicted = predict_ms(with_width(spec, group, width))
+    widths = candidate_widths(group)
+    cuts = [with_width(spec, group, width) for width in widths]
+    for index, (width, cut) in enumerate(zip(widths, cuts)):
+        if fill is not None and index % max(1, window) == 0:
+            fill(cuts[index : index + max(1, window)])
+        predicted = predict_ms(cut)
         if predicted <= target_ms:
             return width, predicted
     return None
@@ -105,6 +122,7 @@ class IterationPlan:
     reduction_ms: float  # the reduction finally asked for (after any halvings)
     target_ms: float
     halvings: int
+    clamped: bool  # the target was raised to the budget floor (the last iteration's clamp)
     choices: list[tuple[ChannelGroup, tuple[int, float] | None]]
     predict_s: dict[str, float]  # per group, over all tries: predicting, without measuring
     measure_s: dict[str, float]  # per group, over all tries: measuring missing table entries
@@ -123,6 +141,9 @@ def plan_iteration(
     min_proposals: int,
     max_halvings: int,
     measure_seconds: Callable[[], float] = lambda: 0.0,
+    floor_ms: float = -math.inf,
+    fill: Callable[[list[NetSpec]], object] | None = None,
+    window: int = 3,
 ) -> IterationPlan:
     """Size one cut per group to meet `current_ms - reduction_ms`, halving the reduction if too few can.
 
@@ -140,6 +161,10 @@ def plan_iteration(
 
     `measure_seconds` is a running total of the time spent measuring missing
     table entries (`LatencyTable.measure_seconds`), kept out of `predict_s`.
+
+    `floor_ms` clamps the target from below: a search aims no lower than
+    just under its budget, so the last iteration lands there instead of a
+    full reduction below it. `fill` and `window` go to `choose_width`.
     """
     shrinkable = sum(bool(candidate_widths(group)) for group in groups)
     wanted = min(min_proposals, shrinkable)
@@ -147,15 +172,16 @@ def plan_iteration(
     measure_s = dict(predict_s)
     halvings = 0
     while True:
-        target_ms = current_ms - reduction_ms
+        clamped = current_ms - reduction_ms < floor_ms
+        target_ms = max(current_ms - reduction_ms, floor_ms)
         choices = []
         for group in groups:
             start, measured_before = time.perf_counter(), measure_seconds()
-            choices.append((group, choose_width(spec, group, target_ms, predict_ms)))
+            choices.append((group, choose_width(spec, group, target_ms, predict_ms, fill, window)))
             measured = measure_seconds() - measured_before
             measure_s[group.name] += measured
             predict_s[group.name] += time.perf_counter() - start - measured
-        plan = IterationPlan(reduction_ms, target_ms, halvings, choices, predict_s, measure_s)
+        plan = IterationPlan(reduction_ms, target_ms, halvings, clamped, choices, predict_s, measure_s)
         if plan.proposals >= wanted or halvings >= max_halvings:
             return plan
         reduction_ms /= 2
@@ -215,12 +241,20 @@ def validate_search_config(config: Config) -> None:
         ("lut.granularity", config.lut.granularity, 1),
         ("lut.min_channels", config.lut.min_channels, 1),
         ("lut.prefetch_widths", config.lut.prefetch_widths, 0),
+        ("lut.entry_passes", config.lut.entry_passes, 1),
+        ("lut.network_passes", config.lut.network_passes, 1),
+        ("lut.reference_units", config.lut.reference_units, 0),
+        ("lut.drift_sample", config.lut.drift_sample, 1),
         ("measure.repeats", config.measure.repeats, 1),
     ):
         if value < low:
             raise ConfigError(f"{key} must be >= {low}, got {value}")
     if not 0 < search.initial_reduction < 1:
         raise ConfigError(f"search.initial_reduction must be in (0, 1), got {search.initial_reduction}")
+    if not 0 <= search.budget_margin < 0.5:
+        raise ConfigError(f"search.budget_margin must be in [0, 0.5), got {search.budget_margin}")
+    if not config.lut.drift_tolerance_pct > 0:
+        raise ConfigError(f"lut.drift_tolerance_pct must be > 0, got {config.lut.drift_tolerance_pct}")
     if not 0 < search.decay <= 1:
         raise ConfigError(f"search.decay must be in (0, 1], got {search.decay}")
     if config.model.checkpoint is not None and not Path(config.model.checkpoint).is_file():
@@ -246,11 +280,73 @@ def default_table_path(measurer: Measurer) -> Path:
     return cache_dir() / "luts" / table_filename(measurer.fingerprint())
 
 
+# ------------------------------------------------------- whole measurements
+@dataclass(frozen=True)
+class WholeFigures:
+    """A network measured whole beside the base, interleaved, in passes (the target's statistic, ms)."""
+
+    network_ms: float  # the network's best over the passes
+    base_ms: float  # the base's best over the same passes (the network itself when it is the base)
+    spread_pct: float  # (slowest - fastest) / fastest of the network's passes
+    passes: int
+    measure_s: float
+
+    @property
+    def ratio(self) -> float:
+        """network / base, both from the same passes, so the machine's drift cancels."""
+        return self.network_ms / self.base_ms
+
+
+def measure_whole(measurer: Measurer, network: bytes, base: bytes | None, passes: int) -> WholeFigures:
+    """Measure `network` (and `base`, interleaved with it) in `passes` passes; the best of each is kept.
+
+    Other load only ever slows a run, so the best pass is robust to a slow
+    moment in any of the others; the spread says how much they disagreed.
+    """
+    start = time.perf_counter()
+    models = [network] if base is None else [network, base]
+    order_rng = random.Random(0)  # seeded: reruns measure in the same order
+    network_passes, base_passes = [], []
+    for _ in range(max(1, passes)):
+        order = list(range(len(models)))
+        order_rng.shuffle(order)
+        by_index = dict(zip(order, measure_all(measurer, [models[i] for i in order])))
+        network_passes.append(by_index[0].latency_ms)
+        base_passes.append(by_index[len(models) - 1].latency_ms)
+    fastest = min(network_passes)
+    return WholeFigures(fastest, min(base_passes), 100 * (max(network_passes) - fastest) / fastest, len(network_passes),
+                        time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class BudgetTest:
+    """The stop decision: whether a measured network meets the budget, and by how much."""
+
+    met: bool
+    margin_pct: float  # how far under (+) or over (-) the budget, in % of the budget
+    text: str  # the figure, its spread and the margin, for the log
+
+
+def budget_test(config: Config, figures: WholeFigures, budget_ms: float) -> BudgetTest:
+    """With `search.budget_ratio`, the network against the base measured beside it; with `budget_ms`, its best pass."""
+    ratio = config.search.budget_ratio
+    if ratio is not None:
+        margin = 100 * (ratio - figures.ratio) / ratio
+        text = (f"{figures.ratio:.4f} of the base measured beside it ({figures.network_ms:.4f} vs {figures.base_ms:.4f} ms, "
+                f"best of {figures.passes} passes, spread {figures.spread_pct:.1f}%) against the budget ratio {ratio:g}")
+    else:
+        margin = 100 * (budget_ms - figures.network_ms) / budget_ms
+        text = (f"{figures.network_ms:.4f} ms (best of {figures.passes} passes, spread {figures.spread_pct:.1f}%) "
+                f"against the budget {budget_ms:.4f} ms")
+    return BudgetTest(margin >= 0, margin, f"{text}: margin {margin:+.2f}%")
+
+
 # ------------------------------------------------------------------ the loop
 class _Search:
     """One search's state; `run_search` is the public entry point."""
 
-    def __init__(self, config: Config, run: RunDir, measurer: Measurer, table: LatencyTable, progress: bool, echo):
+    def __init__(self, config: Config, run: RunDir, measurer: Measurer, table: LatencyTable, progress: bool, echo,
+                 base_onnx: bytes, calibration: OnlineCalibration):
         self.config = config
         self.run = run
         self.measurer = measurer
@@ -260,10 +356,16 @@ class _Search:
         self.echo = echo
         self.log = run.logger()
         self.threads = config.train.threads if config.train.threads > 0 else torch.get_num_threads()
+        self.base_onnx = base_onnx  # measured beside every winner
+        self.calibration = calibration
 
     def say(self, message: str) -> None:
         self.log.info(message)
         self.echo(message)
+
+    def predict_ms(self, spec: NetSpec) -> float:
+        """The calibrated prediction: the table's, times the online calibration's factor."""
+        return self.calibration.apply(self.table.predict_ms(spec))
 
     def commit(self, iteration: int, model: MobileNetV3, rows: list[dict[str, Any]], state: dict[str, Any]) -> None:
         """Checkpoint, then history, then state: the state write is the commit point."""
@@ -271,7 +373,11 @@ class _Search:
         model.spec.save(self.run.spec_path(iteration))
         self.run.append_history(rows, keep_through_iteration=iteration - 1)
         self.table.save_copy(self.run.lut_path)
-        self.run.write_state({**state, "iteration": iteration})
+        self.run.write_state({**state, "iteration": iteration, "calibration": self.calibration_points()})
+
+    def calibration_points(self) -> list[list[float]]:
+        """The online calibration's points as state.json keeps them, so a resumed run goes on from them."""
+        return [[p.table_ms, p.measured_ms] for p in self.calibration.points]
 
 
 def run_search(
@@ -292,7 +398,8 @@ def run_search(
         out: the run directory for a new run (default: runs/search-<time>).
         resume: a run directory to continue from its last completed iteration.
         executor: where candidates are evaluated (default: in this process).
-        measurer: where latency is measured (default: from `config.target`).
+        measurer: where latency is measured (default: from `config.target`,
+            in a separate process when `measure.isolation` is "process").
         dataset: preloaded data (default: loaded from `config.data`).
         progress: show progress bars.
         echo: where one-line summaries go (besides the run's log).
@@ -312,24 +419,43 @@ def run_search(
 
     dataset = dataset or load_dataset(config.data)
     shape = input_shape(config, dataset)
-    measurer = measurer or make_measurer(config.target, config.measure, shape)
+    owned = measurer is None
+    measurer = measurer or make_measurer(config.target, config.measure, shape,
+                                         isolated=config.measure.isolation == "process")
+    try:
+        return _run(config, run, resume, executor, measurer, dataset, shape, progress, echo)
+    finally:
+        if owned and hasattr(measurer, "close"):
+            measurer.close()
+
+
+def _run(config: Config, run: RunDir, resume, executor, measurer: Measurer, dataset: Dataset, shape, progress, echo):
     table_path = Path(config.lut.table) if config.lut.table else default_table_path(measurer)
-    table = LatencyTable.open(table_path, measurer, shape)
+    table = LatencyTable.open(table_path, measurer, shape, reference_units=config.lut.reference_units)
+    table.ensure_consistent(config.lut.drift_check, config.lut.drift_sample, config.lut.drift_tolerance_pct,
+                            echo=echo, progress=progress)
+    calibration = OnlineCalibration(decay=CALIBRATION_DECAY)
 
     state = run.read_state() if resume is not None else None
     if state is None:
         model, base_path = obtain_base_model(config, dataset, progress=progress, log=echo)
         model.eval()
-        base_ms, export_s, measure_s = _measure(measurer, model, shape, config.measure.repeats)
+        start = time.perf_counter()
+        base_onnx = onnx_bytes(model, shape)
+        export_s = time.perf_counter() - start
+        base = measure_whole(measurer, base_onnx, None, config.measure.repeats)
+        base_ms = base.network_ms
         budget_ms = resolve_budget(config, base_ms)
         if table.correction_specs(model.spec) == 0:
             table.fit_correction(calibration_specs(model.spec, config.lut.correction_samples, config.lut.granularity,
                                                    config.lut.min_channels, config.lut.seed),
-                                 repeats=config.measure.repeats)
+                                 repeats=config.lut.network_passes)
+        table_base = table.predict_ms(model.spec)
+        calibration.observe(table_base, base_ms)
         smallest = lower_bound_spec(model.spec, config.lut.min_channels, config.lut.granularity)
-        # Predicted, as the issue asks: the correction fitted above (on the base
-        # and random cuts) puts it on the measured scale.
-        lower_bound = table.predict_ms(smallest)
+        # Predicted and calibrated: the correction (fitted on the base and cuts
+        # down to the floor) and the base's measurement put it on the measured scale.
+        lower_bound = calibration.apply(table.predict_ms(smallest))
         if budget_ms < lower_bound and base_ms > budget_ms:
             raise SearchError(
                 f"budget {budget_ms:.3f} ms is below anything this search space can reach: with every group at "
@@ -338,27 +464,33 @@ def run_search(
             )
         if resume is None:
             run.create(config.to_yaml())
-        search = _Search(config, run, measurer, table, progress, echo)
+        search = _Search(config, run, measurer, table, progress, echo, base_onnx, calibration)
         base_acc = evaluate(model, dataset.holdout, config.train.eval_batch_size)
         test_acc = evaluate(model, dataset.test, config.train.eval_batch_size)
-        predicted = table.predict_ms(model.spec)
-        search.say(f"base {model.spec.name}: {base_ms:.3f} ms measured ({predicted:.3f} predicted), "
-                   f"holdout {base_acc:.2%}, budget {budget_ms:.3f} ms, table {table_path}")
+        search.say(f"base {model.spec.name}: {base_ms:.4f} ms measured (best of {base.passes} passes, spread "
+                   f"{base.spread_pct:.1f}%; table predicted {table_base:.4f}), holdout {base_acc:.2%}, "
+                   f"budget {budget_ms:.4f} ms, table {table.path}")
         finished = base_ms <= budget_ms
         stop_reason = f"the base network already meets the budget ({base_ms:.3f} ms <= {budget_ms:.3f} ms)" if finished else None
-        row = {"iteration": 0, "kind": "base", "group": "", "status": "done", "predicted_ms": predicted,
-               "measured_ms": base_ms, "holdout_acc": base_acc, "test_acc": test_acc, "export_s": export_s,
-               "measure_s": measure_s, "checkpoint": str(run.checkpoint_path(0).relative_to(run.path)),
+        row = {"iteration": 0, "kind": "base", "group": "", "status": "done", "predicted_ms": table_base,
+               "table_predicted_ms": table_base, "measured_ms": base_ms, "base_measured_ms": base_ms,
+               "measured_spread_pct": base.spread_pct, "holdout_acc": base_acc, "test_acc": test_acc,
+               "export_s": export_s, "measure_s": base.measure_s,
+               "checkpoint": str(run.checkpoint_path(0).relative_to(run.path)),
                "reason": stop_reason or f"base from {base_path}"}
-        state = {"base_ms": base_ms, "base_predicted_ms": predicted, "budget_ms": budget_ms, "measured_ms": base_ms,
-                 "predicted_ms": predicted,
+        state = {"base_ms": base_ms, "base_predicted_ms": table_base, "budget_ms": budget_ms, "measured_ms": base_ms,
+                 "base_now_ms": base_ms, "predicted_ms": table_base,
                  "holdout_acc": base_acc, "finished": finished, "stop_reason": stop_reason}
         search.commit(0, model, [row], state)
         state = {**state, "iteration": 0}
         if finished:
             search.say(stop_reason)
     else:
-        search = _Search(config, run, measurer, table, progress, echo)
+        for table_ms, measured_ms in state.get("calibration", []):
+            calibration.observe(table_ms, measured_ms)
+        base_spec_path = run.spec_path(0)
+        base_onnx = onnx_bytes(build(NetSpec.load(base_spec_path)), shape)  # latency does not depend on the weights
+        search = _Search(config, run, measurer, table, progress, echo, base_onnx, calibration)
         model = load_checkpoint(run.checkpoint_path(state["iteration"]))
         search.say(f"resuming {run.path} after iteration {state['iteration']}")
     if not state["finished"]:
@@ -371,14 +503,9 @@ def run_search(
                         state["iteration"], state["stop_reason"], model.spec)
 
 
-def _measure(measurer: Measurer, model: MobileNetV3, shape, repeats: int) -> tuple[float, float, float]:
-    """Whole-model latency on the target: (lowest figure of `repeats` sessions, export s, measure s)."""
-    start = time.perf_counter()
-    data = onnx_bytes(model, shape)
-    export_s = time.perf_counter() - start
-    start = time.perf_counter()
-    latency = min(measurer.measure(data).latency_ms for _ in range(max(1, repeats)))
-    return latency, export_s, time.perf_counter() - start
+# Online calibration leans on the latest measured network alone: successive
+# networks differ by one cut, so its ratio is the nearest (netadapt.latency.calibration).
+CALIBRATION_DECAY = 0.0
 
 
 def _prefetch(table: LatencyTable, spec: NetSpec, groups: list[ChannelGroup], widths: int) -> float:
@@ -397,6 +524,13 @@ def _prefetch(table: LatencyTable, spec: NetSpec, groups: list[ChannelGroup], wi
     return table.measure_seconds - before
 
 
+def _floor_ms(config: Config, state: dict[str, Any]) -> float:
+    """The lowest target an iteration may aim at: just under the budget, on the current machine's scale."""
+    ratio = config.search.budget_ratio
+    budget_now = ratio * state["base_now_ms"] if ratio is not None else state["budget_ms"]
+    return budget_now * (1 - config.search.budget_margin)
+
+
 def _iterate(search: _Search, dataset: Dataset, shape, state: dict[str, Any], model: MobileNetV3):
     config, run, table = search.config, search.run, search.table
     while True:
@@ -404,17 +538,20 @@ def _iterate(search: _Search, dataset: Dataset, shape, state: dict[str, Any], mo
         if iteration > config.search.max_iterations:
             return _finish(search, dataset, shape, state, model, f"reached search.max_iterations ({config.search.max_iterations})")
         spec = model.spec
-        # On the table's scale, like the target and the candidates' predictions:
-        # a schedule on the measured base would move with measurement noise and
-        # make the same seed choose different cuts.
-        reduction = latency_reduction(state["base_predicted_ms"], config.search.initial_reduction,
-                                      config.search.decay, iteration)
+        # NetAdapt's dR_i, a share of the base on the table's scale, put on the
+        # calibrated scale at the current factor: widths then meet
+        # table(cut) <= table(current) - dR_i whatever the factor, so above the
+        # budget's clamp the same seed and table choose the same cuts however
+        # the whole-network measurements scatter.
+        reduction = search.calibration.factor * latency_reduction(
+            state["base_predicted_ms"], config.search.initial_reduction, config.search.decay, iteration)
         groups = prunable_groups(spec, config.lut.min_channels, config.lut.granularity)
         prefetch_s = _prefetch(table, spec, groups, config.lut.prefetch_widths)
-        current_predicted = table.predict_ms(spec)
-        plan = plan_iteration(spec, groups, current_predicted, reduction, table.predict_ms,
+        current_predicted = search.predict_ms(spec)
+        plan = plan_iteration(spec, groups, current_predicted, reduction, search.predict_ms,
                               config.search.min_proposals, config.search.max_reduction_halvings,
-                              measure_seconds=lambda: table.measure_seconds)
+                              measure_seconds=lambda: table.measure_seconds, floor_ms=_floor_ms(config, state),
+                              fill=lambda specs: table.fill(specs, progress=False), window=config.lut.prefetch_widths)
         target_ms = plan.target_ms
         rows: list[dict[str, Any]] = []
         tasks: list[CandidateTask] = []
@@ -431,11 +568,15 @@ def _iterate(search: _Search, dataset: Dataset, shape, state: dict[str, Any], mo
             width, predicted = choice
             task = CandidateTask(iteration, group, width, predicted, candidate_seed(config.seed, iteration, group.name))
             tasks.append(task)
-            rows.append({"_task": task, "predict_s": predict_s, "lut_measure_s": lut_measure_s})
+            rows.append({"_task": task, "predict_s": predict_s, "lut_measure_s": lut_measure_s,
+                         "table_predicted_ms": table.predict_ms(with_width(spec, group, width))})
         if plan.halvings:
             search.say(f"iteration {iteration}: fewer than {config.search.min_proposals} groups could save the "
                        f"schedule's {reduction:.4f} ms; halved it {plan.halvings} time(s) to "
                        f"{plan.reduction_ms:.4f} ms, which {plan.proposals} can")
+        if plan.clamped:
+            search.say(f"iteration {iteration}: target clamped to {target_ms:.4f} ms, {100 * config.search.budget_margin:g}% "
+                       "under the budget, so the search lands just under it")
         if not tasks:
             return _finish(search, dataset, shape, state, model, "no group can be cut to meet the next target", rows)
 
@@ -451,7 +592,8 @@ def _iterate(search: _Search, dataset: Dataset, shape, state: dict[str, Any], mo
         ordered = [results[task.group.name] for task in tasks]
         winner = None
         remaining = list(ordered)
-        measured = export_s = measure_s = math.nan
+        figures = None
+        export_s = math.nan
         while remaining:
             winner = select_proposal(remaining, config.search.selection, state["holdout_acc"], current_predicted)
             if winner is None:
@@ -460,7 +602,10 @@ def _iterate(search: _Search, dataset: Dataset, shape, state: dict[str, Any], mo
             winner_model.load_state_dict(winner.state_dict)
             winner_model.eval()
             try:
-                measured, export_s, measure_s = _measure(search.measurer, winner_model, shape, config.measure.repeats)
+                start = time.perf_counter()
+                winner_onnx = onnx_bytes(winner_model, shape)
+                export_s = time.perf_counter() - start
+                figures = measure_whole(search.measurer, winner_onnx, search.base_onnx, config.measure.repeats)
                 break
             except NetadaptError as error:
                 winner.status, winner.reason = "failed", f"measurement failed: {error}"
@@ -475,32 +620,36 @@ def _iterate(search: _Search, dataset: Dataset, shape, state: dict[str, Any], mo
             result = results[task.group.name]
             entry = {**row, **describe(result), "kind": "candidate", "target_ms": target_ms}
             if result is winner:
-                entry.update(status="chosen", measured_ms=measured, export_s=export_s, measure_s=measure_s)
+                entry.update(status="chosen", measured_ms=figures.network_ms, export_s=export_s, measure_s=figures.measure_s)
             candidate_rows.append(entry)
-        if winner is None:
+        if winner is None or figures is None:
             return _finish(search, dataset, shape, state, model, "every candidate of the iteration failed", candidate_rows)
 
         model = winner_model
         test_acc = evaluate(model, dataset.test, config.train.eval_batch_size)
-        state = {**state, "measured_ms": measured, "predicted_ms": winner.task.predicted_ms,
-                 "holdout_acc": winner.holdout_acc}
-        finished = measured <= state["budget_ms"]
-        reason = f"measured {measured:.3f} ms meets the budget {state['budget_ms']:.3f} ms" if finished else ""
+        table_predicted = table.predict_ms(winner.spec)
+        search.calibration.observe(table_predicted, figures.network_ms)
+        decision = budget_test(config, figures, state["budget_ms"])
+        state = {**state, "measured_ms": figures.network_ms, "predicted_ms": winner.task.predicted_ms,
+                 "base_now_ms": figures.base_ms, "holdout_acc": winner.holdout_acc}
+        reason = f"measured {decision.text}: meets the budget" if decision.met else ""
         iteration_row = {"iteration": iteration, "kind": "iteration", "group": winner.task.group.name,
                          "width_before": winner.task.group.width, "width_after": winner.task.width,
                          "status": "done", "target_ms": target_ms, "predicted_ms": winner.task.predicted_ms,
-                         "measured_ms": measured, "holdout_acc": winner.holdout_acc, "test_acc": test_acc,
-                         "seed": winner.task.seed, "reason": reason,
+                         "table_predicted_ms": table_predicted, "measured_ms": figures.network_ms,
+                         "base_measured_ms": figures.base_ms, "measured_spread_pct": figures.spread_pct,
+                         "budget_margin_pct": decision.margin_pct, "holdout_acc": winner.holdout_acc,
+                         "test_acc": test_acc, "seed": winner.task.seed, "reason": reason,
                          "checkpoint": str(run.checkpoint_path(iteration).relative_to(run.path))}
         search.commit(iteration, model, candidate_rows + [iteration_row],
                       {**state, "finished": False, "stop_reason": None})
         state = {**state, "iteration": iteration}
-        search.say(f"iteration {iteration}: {measured:.3f} ms measured ({winner.task.predicted_ms:.3f} predicted, "
-                   f"target {target_ms:.3f}), holdout {winner.holdout_acc:.2%}, cut {winner.task.group.name} "
+        search.say(f"iteration {iteration}: {figures.network_ms:.4f} ms measured ({winner.task.predicted_ms:.4f} "
+                   f"predicted, target {target_ms:.4f}), holdout {winner.holdout_acc:.2%}, cut {winner.task.group.name} "
                    f"{winner.task.group.width}->{winner.task.width}")
-        if finished:
+        search.say(f"stop test after iteration {iteration}: {decision.text}: {'met' if decision.met else 'not met, going on'}")
+        if decision.met:
             return _finish(search, dataset, shape, state, model, reason)
-
 
 def _finish(search: _Search, dataset: Dataset, shape, state, model: MobileNetV3, reason: str,
             rows: list[dict[str, Any]] | None = None):
@@ -524,7 +673,7 @@ def _finish(search: _Search, dataset: Dataset, shape, state, model: MobileNetV3,
     # drop_final: a "final" row left by a long fine-tune that was killed before its commit
     run.append_history(rows, keep_through_iteration=iteration, drop_final=True)
     state = {**state, "finished": True, "stop_reason": reason}
-    run.write_state(state)
+    run.write_state({**state, "calibration": search.calibration_points()})
     search.say(f"stopped: {reason}; {state['measured_ms']:.3f} ms measured (base {state['base_ms']:.3f}), "
                f"holdout {state['holdout_acc']:.2%}")
     return state, model

@@ -95,23 +95,27 @@ class PreparedSearch:
         return load_config(self.config_path, [f"model.checkpoint={self.checkpoint}", *overrides])
 
     def table(self):
-        from netadapt.lut import LatencyTable
+        from netadapt.latency import LatencyTable
         from netadapt.measurers import make_measurer
 
         config = self.config()
         shape = (1, 1, 32, 32)
         return LatencyTable.open(config.lut.table, make_measurer(config.target, config.measure, shape), shape)
 
-    def unreachable_budget(self) -> float:
-        """A budget safely above the search space's lower bound that three 2% cuts
-        cannot reach, so runs stop at max_iterations whatever the measurement noise."""
+    def unreachable_budget(self) -> str:
+        """A `search.budget_ratio=R` override: safely above the search space's lower bound, but
+        out of reach of three 2% cuts, so runs stop at max_iterations whatever the noise.
+
+        A ratio, not milliseconds: the search measures the base on the machine as it
+        is then, which may run faster or slower than when the table was measured.
+        """
         from netadapt.groups import lower_bound_spec
 
         table = self.table()
         spec = searchable_spec()
         lower, base = table.predict_ms(lower_bound_spec(spec, 8, 8)), table.predict_ms(spec)
         assert lower < 0.5 * base, "the test network's latency range is too narrow for this test"
-        return 1.5 * lower
+        return f"search.budget_ratio={1.5 * lower / base:.4f}"
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +123,7 @@ def prepared(tmp_path_factory) -> PreparedSearch:
     """Shared by the search and executor tests: training the base takes ~15 s."""
     from netadapt.config import load_config
     from netadapt.data import load_dataset
-    from netadapt.lut import calibration_specs
+    from netadapt.latency import calibration_specs
     from netadapt.train import save_checkpoint, train
 
     root = tmp_path_factory.mktemp("search")
@@ -135,7 +139,9 @@ data: {{resolution: 32, holdout: 200}}
 train: {{steps: 60, batch_size: 64, lr: 0.3, label_smoothing: 0.0, finetune_lr: 0.01, threads: 1, bn_recalibration: 256}}
 measure: {{warmup_runs: 3, min_runs: 10, min_seconds: 0.02}}
 search: {{finetune_steps: 2, max_iterations: 3, initial_reduction: 0.02, decay: 1.0}}
-lut: {{table: {root / 'lut.csv'}}}
+# No drift check: the resume test compares two runs on this one table, and a
+# re-measure between them would change the table under the second.
+lut: {{table: {root / 'lut.csv'}, drift_check: 'off'}}
 """
     )
     config = load_config(config_path)

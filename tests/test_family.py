@@ -22,7 +22,7 @@ from netadapt.train import load_checkpoint
 def finished_run(prepared, tmp_path_factory):
     out = tmp_path_factory.mktemp("family") / "run"
     budget = prepared.unreachable_budget()
-    result = run_search(prepared.config(f"search.budget_ms={budget}", "search.max_iterations=2"), out=out,
+    result = run_search(prepared.config(budget, "search.max_iterations=2"), out=out,
                         dataset=prepared.dataset, progress=False, echo=lambda m: None)
     return result.run_dir
 

@@ -15,7 +15,8 @@ from netadapt.benchmark import LocalMeasurer, Measurement, Target, cpu_model, me
 from netadapt.cli.main import main
 from netadapt.errors import LatencyTableError
 from netadapt.groups import candidate_widths, lower_bound_spec, prunable_groups
-from netadapt.lut import (
+from netadapt.latency.correction import leave_one_out_rms as _leave_one_out_rms
+from netadapt.latency import (
     FORMS,
     LEFT_OUT_TOLERANCE,
     VERSION,
@@ -26,10 +27,11 @@ from netadapt.lut import (
     network_key,
     random_subnetwork,
     table_filename,
+    trajectory,
+    trajectory_specs,
     unit_module,
     unit_onnx,
     units_of,
-    _leave_one_out_rms,
     validate,
 )
 
@@ -109,12 +111,12 @@ def test_random_subnetwork_stays_on_the_grid():
 def test_on_demand_fill_measures_once_and_saves(tmp_path, tiny_spec):
     path = tmp_path / "lut.csv"
     measurer = CountingMeasurer()
-    table = LatencyTable.open(path, measurer, SHAPE)
+    table = LatencyTable.open(path, measurer, SHAPE, reference_units=0)  # no gauge: every call is an entry
     first = table.predict_ms(tiny_spec)
     # Every unit of the tiny spec is distinct: 6 entries.
     assert measurer.calls == 6 and len(table) == 6 and path.is_file()
     assert table.predict_ms(tiny_spec) == first and measurer.calls == 6
-    reopened = LatencyTable.open(path, measurer, SHAPE)
+    reopened = LatencyTable.open(path, measurer, SHAPE, reference_units=0)
     assert len(reopened) == 6 and reopened.predict_ms(tiny_spec) == pytest.approx(first, rel=1e-5)
     assert measurer.calls == 6
     cut = tiny_spec.replace_block(2, expanded=40, se_squeeze=8)
@@ -166,7 +168,7 @@ class ScriptedMeasurer:
 def test_fill_measures_units_in_random_order_and_files_each_under_its_key(tmp_path, tiny_spec, size_measurer):
     specs = [tiny_spec, tiny_spec.replace(last_conv=32), tiny_spec.replace(head_hidden=16)]
     measurer = size_measurer()
-    table = LatencyTable.open(tmp_path / "lut.csv", measurer, SHAPE)
+    table = LatencyTable.open(tmp_path / "lut.csv", measurer, SHAPE, reference_units=0)
     todo = table.missing(specs)
     assert table.fill(specs, progress=False) == len(todo) == 9  # 6, a last conv and head of 32, a head of 16
     first_seen = [len(unit_onnx(unit, 1)) for unit in todo]
@@ -178,7 +180,7 @@ def test_fill_measures_units_in_random_order_and_files_each_under_its_key(tmp_pa
 
 def test_remeasure_keeps_each_entrys_best(tmp_path, tiny_spec):
     # Pass 1: every unit 5 ms. Pass 2: alternately 1 ms (kept) and 9 ms (ignored).
-    table = LatencyTable.open(tmp_path / "lut.csv", ScriptedMeasurer([5.0] * 6 + [1.0, 9.0] * 3), SHAPE)
+    table = LatencyTable.open(tmp_path / "lut.csv", ScriptedMeasurer([5.0] * 6 + [1.0, 9.0] * 3), SHAPE, reference_units=0)
     assert table.fill([tiny_spec], progress=False) == 6
     assert table.raw_sum_ms(tiny_spec) == pytest.approx(30.0)
     assert table.remeasure([tiny_spec], progress=False) == 6
@@ -187,7 +189,7 @@ def test_remeasure_keeps_each_entrys_best(tmp_path, tiny_spec):
 
 def test_correction_scales_the_sum(tmp_path, tiny_spec):
     # Units sum to 6 x 2 ms = 12 ms; the whole network measures 9 ms: scale 0.75.
-    table = LatencyTable.open(tmp_path / "lut.csv", ScriptedMeasurer([2.0] * 6 + [9.0]), SHAPE)
+    table = LatencyTable.open(tmp_path / "lut.csv", ScriptedMeasurer([2.0] * 6 + [9.0]), SHAPE, reference_units=0)
     table.fill([tiny_spec], progress=False)
     assert table.predict_ms(tiny_spec) == pytest.approx(12.0)  # no correction yet: the raw sum
     correction = table.fit_correction([tiny_spec])
@@ -322,18 +324,24 @@ def test_prediction_applies_the_boundary_and_weights_terms(tmp_path, tiny_spec):
     assert older.form == "affine" and older.scale == pytest.approx(correction.scale)
 
 
-def test_calibration_networks_are_the_base_and_distinct_random_cuts(tiny_spec):
+def test_calibration_networks_are_the_base_trajectory_networks_and_distinct_random_cuts(tiny_spec):
     base = m.large()
     specs = calibration_specs(base, 12)
     assert specs[0] == base and len(specs) == 12 and len(set(specs)) == 12
     assert lower_bound_spec(base, 8, 8) not in specs
+    # Half after the base come from search-like paths (drawn with their own seed), the rest are random cuts.
+    floor = lower_bound_spec(base, 8, 8)
+    paths = [s for s in trajectory_specs(base, 5, random.Random("correction-path-0")) if s != floor]
+    assert specs[1 : 1 + len(paths)] == paths and len(paths) >= 4
     assert specs == calibration_specs(base, 12)  # the same seed draws the same networks
     assert specs != calibration_specs(base, 12, seed=1)
     # A search space with fewer distinct cuts than asked for gives what it has, each once.
-    # (tiny with a 16-wide last conv and head: 4 * 2 * 5 * 2 * 2 = 160 networks.)
+    # (tiny with a 16-wide last conv and head: random cuts reach 4 * 2 * 5 * 2 * 2 = 160 networks,
+    # trajectories a few more below a quarter of a group's width.)
     small_space = tiny_spec.replace(last_conv=16, head_hidden=16)
     few = calibration_specs(small_space, 200)
-    assert few[0] == small_space and len(set(few)) == len(few) == 160
+    assert few[0] == small_space and len(set(few)) == len(few) and 160 <= len(few) < 200
+    assert lower_bound_spec(small_space, 8, 8) not in few
 
 
 def test_measurements_given_for_the_wrong_number_of_specs_are_refused(tmp_path, tiny_spec):
@@ -351,7 +359,8 @@ def test_killed_build_keeps_measured_entries_and_resumes(tmp_path, tiny_spec):
     path = tmp_path / "lut.csv"
     specs = first_iteration_specs(tiny_spec)
     with pytest.raises(KeyboardInterrupt):
-        LatencyTable.open(path, CountingMeasurer(fail_after=5), SHAPE).fill(specs, progress=False, save_every=2)
+        LatencyTable.open(path, CountingMeasurer(fail_after=5), SHAPE, reference_units=0).fill(
+            specs, progress=False, save_every=2)
     # Entries are measured and saved in batches of `save_every` (2): the kill came
     # during the third batch, so the two finished batches (4 entries) survive.
     resumed = LatencyTable.open(path, CountingMeasurer(), SHAPE)
@@ -404,7 +413,7 @@ def test_table_of_an_older_format_is_refused_naming_the_version(tmp_path, tiny_s
     header = json.loads(first[2:])
     header["version"] = 2
     path.write_text("# " + json.dumps(header) + "\n" + body)
-    with pytest.raises(LatencyTableError, match="format version 2, this netadapt reads 3") as error:
+    with pytest.raises(LatencyTableError, match="format version 2, this netadapt reads 4") as error:
         LatencyTable.open(path, CountingMeasurer(), SHAPE)
     assert str(path) in str(error.value)
 
@@ -433,13 +442,16 @@ def test_lut_cli_build_predict_validate(tmp_path, capsys):
     assert main(["lut", "predict", *flags]) == 0
     assert "0 entries measured on demand" in capsys.readouterr().out
     rows = tmp_path / "val.csv"
-    assert main(["lut", "validate", *flags, "--samples", "2", "--out", str(rows), "--network-seconds", "0.01"]) == 0
+    assert main(["lut", "validate", *flags, "--samples", "2", "--trajectory", "3", "--out", str(rows),
+                 "--network-seconds", "0.01"]) == 0
     out = capsys.readouterr().out
-    assert "median |error|" in out and "within 5%" in out and "Spearman" in out
+    assert "2 random cuts: median |error|" in out and "3 trajectory networks: median |error|" in out
+    assert "within 5%" in out and "Spearman" in out
     import pandas as pd
 
     frame = pd.read_csv(rows)
-    assert len(frame) == 2 and {"predicted_ms", "measured_ms", "error_pct"} <= set(frame.columns)
+    assert list(frame["kind"]) == ["random"] * 2 + ["trajectory"] * 3
+    assert {"predicted_ms", "measured_ms", "error_pct"} <= set(frame.columns)
 
 
 def test_lut_cli_refuses_a_negative_network_time(tmp_path, capsys):
@@ -486,10 +498,129 @@ def test_predict_full_large_within_10_percent_of_measured(tmp_path):
 def test_validation_summary_needs_no_scipy():
     import pandas as pd
 
-    from netadapt.lut import summarize_validation
+    from netadapt.latency import summarize_validation
 
     frame = pd.DataFrame({"predicted_ms": [1.0, 2.0, 3.0, 4.0], "measured_ms": [1.0, 4.0, 9.0, 16.0]})
     frame["error_pct"] = 100 * (frame["predicted_ms"] - frame["measured_ms"]) / frame["measured_ms"]
     summary = summarize_validation(frame)
     assert summary["spearman"] == pytest.approx(1.0)  # monotone but not linear: rank correlation is exactly 1
     assert summary["within_5_pct"] == 0.25 and summary["samples"] == 4
+
+
+# ------------------------------------------------------------ gauge and drift
+class MachineStateMeasurer:
+    """A Measurer whose figure is the model's size in kB times the machine's `state` (1.0: quiet).
+
+    `slower` maps model sizes to an extra factor, for load that slows some
+    units but not others (a change the reference units cannot see).
+    """
+
+    statistic = "min"
+
+    def __init__(self) -> None:
+        self.state = 1.0
+        self.slower: dict[int, float] = {}
+
+    def fingerprint(self) -> dict:
+        return {"cpu": "state"}
+
+    def measure(self, onnx_bytes: bytes) -> Measurement:
+        size = len(onnx_bytes)
+        return summarize([size / 1000 * self.state * self.slower.get(size, 1.0)])
+
+
+def test_entries_measured_under_different_load_are_put_on_one_scale(tmp_path, tiny_spec):
+    cut = tiny_spec.replace(last_conv=32, head_hidden=16)
+    for references, consistent in ((3, True), (0, False)):
+        measurer = MachineStateMeasurer()
+        table = LatencyTable.open(tmp_path / f"lut-{references}.csv", measurer, SHAPE, reference_units=references)
+        table.fill([tiny_spec], progress=False)
+        measurer.state = 1.5  # the machine is busier when the cut's new units are measured
+        table.fill([cut], progress=False)
+        new_units = [u for u in table.units(cut) if u.key() not in {x.key() for x in table.units(tiny_spec)}]
+        assert new_units
+        for unit in table.units(tiny_spec) + new_units:
+            size_ms = len(unit_onnx(unit, 1)) / 1000
+            matches = table.entry_ms(unit) == pytest.approx(size_ms, rel=1e-6)
+            assert matches or (not consistent and unit in new_units), unit.key()
+        if consistent:
+            assert len(table.reference_units()) == 3
+            assert {round(table.entries[u.key()]["gauge"], 6) for u in new_units} == {1.5}
+            reopened = LatencyTable.open(tmp_path / f"lut-{references}.csv", measurer, SHAPE)
+            assert reopened.references == table.references  # the scale travels with the file
+        else:
+            # Without a gauge the busy moment is baked into the new entries: the failure the gauge prevents.
+            assert all(table.entry_ms(u) == pytest.approx(1.5 * len(unit_onnx(u, 1)) / 1000) for u in new_units)
+
+
+def test_whole_networks_are_gauged_like_the_entries(tmp_path, tiny_spec):
+    measurer = MachineStateMeasurer()
+    table = LatencyTable.open(tmp_path / "lut.csv", measurer, SHAPE)
+    table.fill([tiny_spec], progress=False)
+    measurer.state = 2.0
+    (whole,), = table.measure_networks([tiny_spec])
+    from netadapt.onnx_export import onnx_bytes
+
+    assert whole.latency_ms == pytest.approx(len(onnx_bytes(m.build(tiny_spec), SHAPE)) / 1000, rel=1e-6)
+    assert table.last_gauge == pytest.approx(2.0)
+
+
+def test_drift_check_passes_a_uniformly_slower_machine_and_catches_a_changed_one(tmp_path, tiny_spec):
+    measurer = MachineStateMeasurer()
+    path = tmp_path / "lut.csv"
+    table = LatencyTable.open(path, measurer, SHAPE)
+    table.fill(first_iteration_specs(tiny_spec, granularity=16), progress=False)
+    table.fit_correction([tiny_spec])
+    measurer.state = 1.3  # the whole machine slower: the gauge absorbs it
+    report = table.check_drift(sample=6)
+    assert report.ok and report.median_abs_pct == pytest.approx(0.0, abs=1e-6) and report.gauge == pytest.approx(1.3)
+
+    # Now every unit but the references runs 20% slower still: the table no longer describes this machine.
+    reference_sizes = {len(unit_onnx(u, 1)) for u in table.reference_units()}
+    for row in table.entries.values():
+        size = len(unit_onnx(_unit(row), 1))
+        if size not in reference_sizes:
+            measurer.slower[size] = 1.2
+    with pytest.raises(LatencyTableError, match="drift check failed") as error:
+        LatencyTable.open(path, measurer, SHAPE).ensure_consistent("refuse", sample=6, echo=lambda _: None)
+    assert str(path) in str(error.value) and "20.0%" in str(error.value)
+
+    said: list[str] = []
+    rebuilt = LatencyTable.open(path, measurer, SHAPE)
+    entries = len(rebuilt)
+    rebuilt.ensure_consistent("remeasure", sample=6, echo=said.append, progress=False)
+    assert "drift check failed" in said[0] and f"re-measuring all {entries} entries" in said[0]
+    assert len(rebuilt) == entries and not rebuilt.corrections  # corrections are fitted anew
+    assert rebuilt.check_drift(sample=6).ok  # consistent with the machine as it is now
+    assert LatencyTable.open(path, measurer, SHAPE).check_drift(sample=6).ok  # and saved so
+    with pytest.raises(LatencyTableError, match="lut.drift_check must be one of"):
+        rebuilt.ensure_consistent("sometimes")
+
+
+def _unit(row):
+    from netadapt.latency.table import _unit_from_row
+
+    return _unit_from_row(row)
+
+
+# ------------------------------------------------------------------ trajectories
+def test_a_trajectory_cuts_one_group_at_a_time_down_to_the_floor():
+    base = m.small(in_channels=1, num_classes=10)
+    path = trajectory(base, random.Random(3))
+    assert path[0] == base and path[-1] == lower_bound_spec(base, 8, 8) and len(path) > 10
+    for before, after in zip(path, path[1:]):
+        widths_before = {g.name: g.width for g in prunable_groups(before, 8, 8)}
+        widths_after = {g.name: g.width for g in prunable_groups(after, 8, 8)}
+        changed = [name for name in widths_before if widths_after[name] != widths_before[name]]
+        assert len(changed) == 1 and widths_after[changed[0]] < widths_before[changed[0]]
+        assert widths_after[changed[0]] % 8 == 0
+
+
+def test_trajectory_samples_span_the_path_and_repeat_with_the_seed():
+    base = m.small(in_channels=1, num_classes=10)
+    specs = trajectory_specs(base, 16, random.Random(0))
+    assert len(specs) == len(set(specs)) == 16 and base not in specs
+    assert lower_bound_spec(base, 8, 8) in specs  # each path's sample ends at the floor
+    assert specs == trajectory_specs(base, 16, random.Random(0))
+    table_free_sizes = [sum(g.width for g in prunable_groups(s, 8, 8)) for s in specs[:8]]
+    assert table_free_sizes == sorted(table_free_sizes, reverse=True)  # one path, from the top down

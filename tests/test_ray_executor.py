@@ -32,7 +32,7 @@ def _final_weights(run_dir, iteration):
 
 def test_ray_search_matches_the_local_search(prepared, tmp_path, ray_cluster):
     budget = prepared.unreachable_budget()
-    overrides = [f"search.budget_ms={budget}", "search.max_iterations=2"]
+    overrides = [budget, "search.max_iterations=2"]
     local = run_search(prepared.config(*overrides), out=tmp_path / "local", dataset=prepared.dataset,
                        progress=False, echo=lambda m: None)
     distributed = run_search(prepared.config(*overrides, "executor.kind=ray"), out=tmp_path / "ray",
@@ -57,7 +57,7 @@ def die_on_expanded_2(context, task):
 def test_a_dead_worker_is_retried_then_recorded_as_failed(prepared, tmp_path, ray_cluster):
     budget = prepared.unreachable_budget()
     executor = RayExecutor(cpus_per_candidate=1, max_retries=1, evaluate=die_on_expanded_2)
-    result = run_search(prepared.config(f"search.budget_ms={budget}", "search.max_iterations=1"),
+    result = run_search(prepared.config(budget, "search.max_iterations=1"),
                         out=tmp_path / "run", dataset=prepared.dataset, executor=executor, progress=False,
                         echo=lambda m: None)
     history = RunDir(result.run_dir).read_history()

@@ -87,6 +87,67 @@ def test_plan_halves_the_reduction_until_enough_groups_can_meet_it(tiny_spec):
     assert everyone.proposals == sum(bool(candidate_widths(g)) for g in groups)
 
 
+def test_the_last_target_is_clamped_to_just_under_the_budget(tiny_spec):
+    slope = {"last_conv": 0.1, "expanded[1]": 0.01, "bottleneck[1,2]": 0.01, "expanded[2]": 0.01, "head": 0.01}
+
+    def predict(spec):
+        return 1.0 + sum(g.width * slope.get(g.name, 0.0) for g in prunable_groups(spec))
+
+    groups = prunable_groups(tiny_spec)
+    current = predict(tiny_spec)
+    free = plan_iteration(tiny_spec, groups, current, 3.0, predict, min_proposals=1, max_halvings=0,
+                          floor_ms=current - 5.0)
+    assert not free.clamped and free.target_ms == pytest.approx(current - 3.0)
+    clamped = plan_iteration(tiny_spec, groups, current, 3.0, predict, min_proposals=1, max_halvings=0,
+                             floor_ms=current - 0.75)
+    assert clamped.clamped and clamped.target_ms == pytest.approx(current - 0.75)
+    # The clamp asks for less, so each group keeps at least as many channels, and every cut still meets it.
+    widths = {g.name: c[0] for g, c in free.choices if c}
+    for group, choice in clamped.choices:
+        if choice:
+            assert choice[1] <= clamped.target_ms + 1e-12
+            assert group.name not in widths or choice[0] >= widths[group.name]
+    assert dict((g.name, c[0]) for g, c in clamped.choices if c)["last_conv"] == 56  # one 8-channel step saves 0.8 ms
+
+
+def test_budget_test_compares_with_the_base_measured_beside_it():
+    from netadapt.config import load_config
+    from netadapt.search import WholeFigures, budget_test
+
+    # The machine got 2% slower since the base was first measured (1.00 ms): the network
+    # measures 0.71 ms, over 0.7 of the old base, but 0.696 of the base measured beside it.
+    figures = WholeFigures(network_ms=0.71, base_ms=1.02, spread_pct=1.5, passes=8, measure_s=1.0)
+    by_ratio = budget_test(load_config(None, ["search.budget_ratio=0.7"]), figures, budget_ms=0.70)
+    assert by_ratio.met and by_ratio.margin_pct == pytest.approx(100 * (0.7 - 0.71 / 1.02) / 0.7)
+    assert "0.6961 of the base measured beside it" in by_ratio.text and "spread 1.5%" in by_ratio.text
+    by_ms = budget_test(load_config(None, ["search.budget_ms=0.70"]), figures, budget_ms=0.70)
+    assert not by_ms.met and by_ms.margin_pct == pytest.approx(-100 * 0.01 / 0.70)
+    assert "margin -1.43%" in by_ms.text
+
+
+def test_whole_figures_keep_each_networks_best_pass():
+    from netadapt.benchmark import summarize
+    from netadapt.search import measure_whole
+
+    class Scripted:
+        """Each model's figures, pass by pass, whatever order a pass measures them in."""
+
+        def __init__(self):
+            self.figures = {b"network": iter([3.0, 2.0, 2.5]), b"base": iter([1.0, 1.1, 0.9])}
+
+        def fingerprint(self):
+            return {}
+
+        def measure(self, onnx_bytes):
+            return summarize([next(self.figures[onnx_bytes])])
+
+    figures = measure_whole(Scripted(), b"network", b"base", passes=3)
+    assert (figures.network_ms, figures.base_ms, figures.passes) == (2.0, 0.9, 3)
+    assert figures.spread_pct == pytest.approx(50.0) and figures.ratio == pytest.approx(2.0 / 0.9)
+    alone = measure_whole(Scripted(), b"base", None, passes=3)
+    assert alone.network_ms == alone.base_ms == 0.9
+
+
 def _result(group: str, accuracy: float | None, predicted: float, status: str = "ok") -> CandidateResult:
     task = CandidateTask(1, ChannelGroup(group, "head", (), 64), 32, predicted, 0)
     return CandidateResult(task, status, holdout_acc=accuracy)
@@ -118,7 +179,7 @@ def test_lower_bound_spec_puts_every_group_at_its_minimum(tiny_spec):
 # ------------------------------------------------------------ real searches
 def test_tiny_search_end_to_end(prepared, tmp_path):
     budget = prepared.unreachable_budget()
-    config = prepared.config(f"search.budget_ms={budget}")
+    config = prepared.config(budget)
     messages = []
     result = run_search(config, out=tmp_path / "run", dataset=prepared.dataset, progress=False,
                         echo=messages.append)
@@ -145,6 +206,44 @@ def test_tiny_search_end_to_end(prepared, tmp_path):
     assert sum(1 for m in messages if m.startswith("iteration ")) == 3
     # the measured latency of every winner is recorded next to its prediction
     assert iterations["measured_ms"].notna().all() and iterations["predicted_ms"].notna().all()
+    # Online calibration: each network's recorded prediction is the table's, times the
+    # measured-to-table ratio of the network before it (the base's is the table's own).
+    path = history[history["kind"].isin(["base", "iteration"])]
+    previous = None
+    for row in path.itertuples():
+        expected = row.table_predicted_ms if previous is None else \
+            row.table_predicted_ms * previous.measured_ms / previous.table_predicted_ms
+        assert row.predicted_ms == pytest.approx(expected, rel=1e-9)
+        assert row.base_measured_ms > 0 and row.measured_spread_pct >= 0
+        previous = row
+    assert iterations["budget_margin_pct"].lt(0).all()  # never met: the budget is unreachable
+    stop_tests = [m for m in messages if m.startswith("stop test after iteration")]
+    assert len(stop_tests) == 3 and all("not met" in m for m in stop_tests), messages
+    assert len(run.read_state()["calibration"]) == 4  # the base and each iteration's winner
+
+
+def test_lut_validate_run_re_measures_a_finished_run(prepared, tmp_path, capsys):
+    from netadapt.cli.main import main
+
+    config = prepared.config(prepared.unreachable_budget(), "search.max_iterations=2")
+    result = run_search(config, out=tmp_path / "run", dataset=prepared.dataset, progress=False, echo=lambda m: None)
+    rows = tmp_path / "check.csv"
+    assert main(["lut", "validate", "--run", str(result.run_dir), "--passes", "2", "--out", str(rows)]) == 0
+    out = capsys.readouterr().out
+    assert "3 networks (base and iterations)" in out and "predictions the run used: median |error|" in out
+    import pandas as pd
+
+    frame = pd.read_csv(rows)
+    history = RunDir(result.run_dir).read_history()
+    recorded = history[history["kind"].isin(["base", "iteration"])]
+    assert list(frame["iteration"]) == [0, 1, 2]
+    assert list(frame["predicted_ms"]) == pytest.approx(list(recorded["predicted_ms"]))
+    assert frame["ratio_to_base"].iloc[0] == 1.0 and (frame["ratio_to_base"].iloc[1:] < 1.0).all()
+    expected = 100 * (frame["predicted_ms"] - frame["remeasured_ms"]) / frame["remeasured_ms"]
+    assert list(frame["error_pct"]) == pytest.approx(list(expected))
+
+    assert main(["lut", "validate", "--run", str(tmp_path)]) == 2
+    assert f"{tmp_path}: not a run directory" in capsys.readouterr().err
 
 
 def test_base_that_meets_the_budget_is_the_only_member(prepared, tmp_path, capsys):
@@ -202,7 +301,7 @@ def diverge_on_head(context, task):
 
 def test_a_diverging_candidate_is_recorded_and_skipped(prepared, tmp_path):
     budget = prepared.unreachable_budget()
-    config = prepared.config(f"search.budget_ms={budget}", "search.max_iterations=1")
+    config = prepared.config(budget, "search.max_iterations=1")
     result = run_search(config, out=tmp_path / "run", dataset=prepared.dataset,
                         executor=LocalExecutor(diverge_on_head), progress=False, echo=lambda m: None)
     history = RunDir(result.run_dir).read_history()
@@ -213,7 +312,7 @@ def test_a_diverging_candidate_is_recorded_and_skipped(prepared, tmp_path):
 
 def test_kill_9_mid_iteration_then_resume_gives_the_same_network(prepared, tmp_path):
     budget = prepared.unreachable_budget()
-    overrides = [f"search.budget_ms={budget}"]
+    overrides = [budget]
     reference = run_search(prepared.config(*overrides), out=tmp_path / "reference", dataset=prepared.dataset,
                            progress=False, echo=lambda m: None)
     config_path = tmp_path / "killed.yaml"

@@ -15,21 +15,25 @@ import time
 from pathlib import Path
 
 from mobilenetv3 import NetSpec
-from netadapt.benchmark import Measurement, measure_best_of
+from netadapt.benchmark import Measurement, best_of
 from netadapt.measurers import make_measurer
 from netadapt.cli.bench import Resolved, add_target_arguments, resolve
+from netadapt.config import load_config
 from netadapt.errors import ConfigError
-from netadapt.lut import (
+from netadapt.latency import (
     Correction,
-    calibration_specs,
     LatencyTable,
+    calibration_specs,
     first_iteration_specs,
     network_key,
     random_subnetwork,
     summarize_validation,
     table_filename,
+    trajectory_specs,
     validate,
 )
+from netadapt.latency.validate import summarize_run, validate_run
+from netadapt.rundir import RunDir
 
 __all__ = ["default_table_path", "register"]
 
@@ -50,8 +54,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-channels", type=int, help="smallest group width (default: lut.min_channels, 8)")
     parser.add_argument("--seed", type=int, help="seed of the random sub-networks (default: lut.seed)")
     parser.add_argument(
-        "--passes", type=int, default=1,
-        help="measure each new entry / whole network in this many passes, keeping the best (default 1)",
+        "--passes", type=int,
+        help="measure each new entry / whole network in this many passes, keeping the best "
+             "(default: lut.entry_passes, 2, for entries and lut.network_passes, 4, for whole networks)",
     )
     parser.add_argument(
         "--network-seconds", type=float, metavar="S",
@@ -69,12 +74,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument(
         "--fit-samples", type=int, help="whole networks measured for the correction (default: lut.correction_samples)"
     )
+    build.add_argument("--rebuild", action="store_true",
+                       help="measure every entry of an existing table again, under new reference units")
     build.set_defaults(handler=build_command)
 
-    check = commands.add_parser("validate", help="predicted vs measured latency of random sub-networks")
+    check = commands.add_parser(
+        "validate", help="predicted vs measured latency of random cuts and search-like trajectories, or of a finished run"
+    )
     _common(check)
     check.add_argument("--samples", type=int, default=20, help="random sub-networks to measure (default 20)")
-    check.add_argument("--out", metavar="FILE.csv", help="write one row per sub-network")
+    check.add_argument("--trajectory", type=int, default=20, metavar="N",
+                       help="networks from search-like paths of successive cuts down to the floor (default 20)")
+    check.add_argument("--run", metavar="RUN",
+                       help="instead: re-measure a finished search's networks against the predictions it recorded")
+    check.add_argument("--out", metavar="FILE.csv", help="write one row per network")
     check.set_defaults(handler=validate_command)
 
     predict = commands.add_parser("predict", help="predict a spec's latency from the table")
@@ -89,18 +102,28 @@ def _open(args: argparse.Namespace) -> tuple[Resolved, LatencyTable, int, int, i
     granularity = args.granularity if args.granularity is not None else lut.granularity
     min_channels = args.min_channels if args.min_channels is not None else lut.min_channels
     seed = args.seed if args.seed is not None else lut.seed
-    if args.passes < 1:
+    if args.passes is not None and args.passes < 1:
         raise ConfigError(f"--passes must be >= 1, got {args.passes}")
     if granularity < 1 or min_channels < 1:
         raise ConfigError(f"--granularity and --min-channels must be >= 1, got {granularity}, {min_channels}")
     measurer = make_measurer(resolved.config.target, resolved.config.measure, resolved.input_shape)
     path = Path(args.table or lut.table or default_table_path(measurer.fingerprint()))
-    table = LatencyTable.open(path, measurer, resolved.input_shape)
+    table = LatencyTable.open(path, measurer, resolved.input_shape, reference_units=lut.reference_units)
+    if not getattr(args, "rebuild", False):
+        table.ensure_consistent(lut.drift_check, lut.drift_sample, lut.drift_tolerance_pct)
     return resolved, table, granularity, min_channels, seed
 
 
+def _entry_passes(args: argparse.Namespace, resolved: Resolved) -> int:
+    return args.passes if args.passes is not None else resolved.config.lut.entry_passes
+
+
+def _network_passes(args: argparse.Namespace, resolved: Resolved) -> int:
+    return args.passes if args.passes is not None else resolved.config.lut.network_passes
+
+
 def _measure_whole(args: argparse.Namespace, resolved: Resolved, table: LatencyTable, specs: list[NetSpec]) -> list[Measurement]:
-    """The specs measured whole, in `--passes` passes (best kept), for `--network-seconds` each.
+    """The specs measured whole and gauged, in the network passes (best kept), for `--network-seconds` each.
 
     Only the measuring time differs from the table's measurer, so the
     fingerprint (and thus the table) is the same.
@@ -111,11 +134,11 @@ def _measure_whole(args: argparse.Namespace, resolved: Resolved, table: LatencyT
             raise ConfigError(f"--network-seconds must be >= 0, got {args.network_seconds}")
         measure_cfg = dataclasses.replace(resolved.config.measure, min_seconds=args.network_seconds)
         measurer = make_measurer(resolved.config.target, measure_cfg, resolved.input_shape)
-    return measure_best_of(specs, measurer, resolved.input_shape, args.passes)
+    return best_of(table.measure_networks(specs, _network_passes(args, resolved), measurer))
 
 
 def _fit(args: argparse.Namespace, resolved: Resolved, table: LatencyTable, specs: list[NetSpec]) -> Correction:
-    table.fill(specs, progress=True, passes=args.passes)  # entries first, so no measurement overlaps them
+    table.fill(specs, progress=True, passes=_entry_passes(args, resolved))  # entries first, so no measurement overlaps them
     return table.fit_correction(specs, measured=_measure_whole(args, resolved, table, specs))
 
 
@@ -126,8 +149,11 @@ def build_command(args: argparse.Namespace) -> int:
     before = len(table)
     print(f"table {table.path}: {before} entries; base {base.name or 'spec'} at {'x'.join(map(str, resolved.input_shape))}, "
           f"{len(specs) - 1} single-group cuts at granularity {granularity}")
+    if args.rebuild:
+        print(f"re-measuring all {len(table)} entries under new reference units")
+        table.rebuild()
     start = time.perf_counter()
-    measured = table.fill(specs, progress=True, passes=args.passes)
+    measured = table.fill(specs, progress=True, passes=_entry_passes(args, resolved))
     elapsed = time.perf_counter() - start
     rate = measured / elapsed if elapsed > 0 and measured else 0.0
     print(f"measured {measured} entries in {elapsed:.1f} s ({rate:.2f} entries/s); table now holds {len(table)}")
@@ -140,31 +166,72 @@ def build_command(args: argparse.Namespace) -> int:
 
 
 def validate_command(args: argparse.Namespace) -> int:
+    if args.run:
+        return _validate_run_command(args)
     resolved, table, granularity, min_channels, seed = _open(args)
-    if args.samples < 1:
-        raise ConfigError(f"--samples must be >= 1, got {args.samples}")
+    if args.samples < 0 or args.trajectory < 0 or args.samples + args.trajectory < 1:
+        raise ConfigError(f"--samples and --trajectory must be >= 0 and not both 0, got {args.samples}, {args.trajectory}")
     base = resolved.spec
     if table.correction_for(base) is None:
         samples = resolved.config.lut.correction_samples
         print(f"no correction for {network_key(base, resolved.input_shape)} yet: fitting it on {samples} whole networks")
         _fit(args, resolved, table, calibration_specs(base, samples, granularity, min_channels, seed))
     rng = random.Random(f"validate-{seed}")  # never the correction's draws
-    specs = [random_subnetwork(base, rng, granularity, min_channels) for _ in range(args.samples)]
-    table.fill(specs, progress=True, passes=args.passes)
+    random_cuts = [random_subnetwork(base, rng, granularity, min_channels) for _ in range(args.samples)]
+    path_cuts = trajectory_specs(base, args.trajectory, random.Random(f"validate-path-{seed}"), granularity, min_channels)
+    specs = random_cuts + path_cuts
+    table.fill(specs, progress=True, passes=_entry_passes(args, resolved))
     frame = validate(table, specs, measured=_measure_whole(args, resolved, table, specs))
+    frame.insert(1, "kind", ["random"] * len(random_cuts) + ["trajectory"] * len(path_cuts))
     if args.out:
         from mobilenetv3.fileio import atomic_write_text
 
         atomic_write_text(Path(args.out), frame.to_csv(index=False))
-    print(f"{'#':>3} {'predicted':>10} {'measured':>10} {'error':>8}")
+    print(f"{'#':>3} {'kind':>10} {'predicted':>10} {'measured':>10} {'error':>8}")
     for row in frame.itertuples():
-        print(f"{row.index:>3} {row.predicted_ms:>10.3f} {row.measured_ms:>10.3f} {row.error_pct:>7.2f}%")
-    s = summarize_validation(frame)
-    print(
-        f"{s['samples']} sub-networks: median |error| {s['median_abs_error_pct']:.2f}%, "
-        f"within 5%: {100 * s['within_5_pct']:.0f}%, within 10%: {100 * s['within_10_pct']:.0f}%, "
-        f"max |error| {s['max_abs_error_pct']:.2f}%, Spearman {s['spearman']:.3f}"
-    )
+        print(f"{row.index:>3} {row.kind:>10} {row.predicted_ms:>10.3f} {row.measured_ms:>10.3f} {row.error_pct:>7.2f}%")
+    for kind, part in [("random cuts", frame[frame["kind"] == "random"]), ("trajectory networks", frame[frame["kind"] == "trajectory"]),
+                       ("all", frame)]:
+        if len(part):
+            s = summarize_validation(part)
+            print(
+                f"{s['samples']} {kind}: median |error| {s['median_abs_error_pct']:.2f}%, "
+                f"within 5%: {100 * s['within_5_pct']:.0f}%, within 10%: {100 * s['within_10_pct']:.0f}%, "
+                f"max |error| {s['max_abs_error_pct']:.2f}%, Spearman {s['spearman']:.3f}"
+            )
+    print(f"machine now at {table.last_gauge:.3f}x the table's reference state (figures above are on the table's scale)")
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _validate_run_command(args: argparse.Namespace) -> int:
+    """`lut validate --run RUN`: the run's networks re-measured whole, here and now, against its records."""
+    run = RunDir(args.run)
+    networks = run.iteration_networks()  # refuses a directory that is not a run, naming it
+    config = load_config(run.config_path, args.overrides)
+    resolution = config.data.resolution
+    shape = (config.target.batch, networks[0].spec.in_channels, resolution, resolution)
+    measurer = make_measurer(config.target, config.measure, shape)
+    passes = args.passes if args.passes is not None else config.lut.network_passes
+    print(f"run {run.path}: {len(networks)} networks (base and iterations), re-measured whole at "
+          f"{'x'.join(map(str, shape))} in {passes} interleaved passes")
+    frame = validate_run(networks, measurer, shape, passes)
+    if args.out:
+        from mobilenetv3.fileio import atomic_write_text
+
+        atomic_write_text(Path(args.out), frame.to_csv(index=False))
+    print(f"{'iter':>4} {'predicted':>10} {'table':>10} {'in-search':>10} {'re-measured':>11} {'error':>8} "
+          f"{'in-search':>9} {'of base':>8}")
+    for row in frame.itertuples():
+        print(f"{row.iteration:>4} {row.predicted_ms:>10.4f} {row.table_predicted_ms:>10.4f} {row.in_search_ms:>10.4f} "
+              f"{row.remeasured_ms:>11.4f} {row.error_pct:>7.2f}% {row.in_search_error_pct:>8.2f}% {row.ratio_to_base:>8.3f}")
+    s = summarize_run(frame)
+    print(f"predictions the run used: median |error| {s['median_abs_error_pct']:.2f}%, within 5%: "
+          f"{100 * s['within_5_pct']:.0f}%, max {s['max_abs_error_pct']:.2f}% (the table's own: median "
+          f"{s['median_abs_table_error_pct']:.2f}%)")
+    print(f"the run's own figures against these: median |difference| {s['median_abs_in_search_error_pct']:.2f}%, "
+          f"max {s['max_abs_in_search_error_pct']:.2f}%; final network at {s['final_ratio_to_base']:.3f} of the base")
     if args.out:
         print(f"wrote {args.out}")
     return 0
