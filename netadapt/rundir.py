@@ -53,6 +53,8 @@ HISTORY_COLUMNS = [
     "table_predicted_ms",  # the table's own prediction (its correction, no online calibration)
     "measured_ms",  # whole network on the target: best of measure.repeats passes
     "base_measured_ms",  # the base, measured in the same interleaved passes
+    "ratio_to_base",  # median over those passes of network / base: drift cancels
+    "steady_ms",  # ratio_to_base times the base's median figure so far: what calibrates the next predictions
     "measured_spread_pct",  # (slowest - fastest) / fastest pass of measured_ms
     "budget_margin_pct",  # how far under (+) or over (-) the budget the stop test found it
     "holdout_acc",
@@ -79,7 +81,8 @@ class IterationNetwork:
     spec: NetSpec
     predicted_ms: float  # the prediction the search used (calibrated; the base's: the table's)
     table_predicted_ms: float  # NaN in runs from before the column existed
-    measured_ms: float  # the search's own whole-network figure
+    measured_ms: float  # the search's own whole-network figure (best pass)
+    steady_ms: float  # its steady figure (ratio to the base times the base's median); NaN in older runs
 
 
 class RunDir:
@@ -206,7 +209,9 @@ class RunDir:
             except ValueError as error:
                 raise RunDirError(str(error)) from None
             table = float(row.table_predicted_ms) if not pd.isna(row.table_predicted_ms) else math.nan
-            networks.append(IterationNetwork(iteration, spec, float(row.predicted_ms), table, float(row.measured_ms)))
+            steady = float(row.steady_ms) if not pd.isna(row.steady_ms) else math.nan
+            networks.append(IterationNetwork(iteration, spec, float(row.predicted_ms), table, float(row.measured_ms),
+                                             steady))
         if not networks:
             raise RunDirError(f"{self.path}: history.csv has no committed base or iteration yet")
         return networks

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -283,26 +284,43 @@ def default_table_path(measurer: Measurer) -> Path:
 # ------------------------------------------------------- whole measurements
 @dataclass(frozen=True)
 class WholeFigures:
-    """A network measured whole beside the base, interleaved, in passes (the target's statistic, ms)."""
+    """A network measured whole beside the base, interleaved, pass by pass (the target's statistic, ms)."""
 
-    network_ms: float  # the network's best over the passes
-    base_ms: float  # the base's best over the same passes (the network itself when it is the base)
-    spread_pct: float  # (slowest - fastest) / fastest of the network's passes
-    passes: int
+    network_passes: tuple[float, ...]
+    base_passes: tuple[float, ...]  # the base's figure in the same passes (the network's when it is the base)
     measure_s: float
 
     @property
+    def network_ms(self) -> float:
+        """The network's best pass: other load only ever slows a run."""
+        return min(self.network_passes)
+
+    @property
+    def base_ms(self) -> float:
+        return min(self.base_passes)
+
+    @property
     def ratio(self) -> float:
-        """network / base, both from the same passes, so the machine's drift cancels."""
-        return self.network_ms / self.base_ms
+        """Median over the passes of network / base: within a pass both see the same moments, so drift cancels."""
+        return float(np.median([n / b for n, b in zip(self.network_passes, self.base_passes)]))
+
+    @property
+    def passes(self) -> int:
+        return len(self.network_passes)
+
+    @property
+    def spread_pct(self) -> float:
+        """(slowest - fastest) / fastest of the network's passes."""
+        return 100 * (max(self.network_passes) - self.network_ms) / self.network_ms
+
+    def merged(self, more: "WholeFigures") -> "WholeFigures":
+        """These passes and `more` of the same network and base, as one measurement."""
+        return WholeFigures(self.network_passes + more.network_passes, self.base_passes + more.base_passes,
+                            self.measure_s + more.measure_s)
 
 
 def measure_whole(measurer: Measurer, network: bytes, base: bytes | None, passes: int) -> WholeFigures:
-    """Measure `network` (and `base`, interleaved with it) in `passes` passes; the best of each is kept.
-
-    Other load only ever slows a run, so the best pass is robust to a slow
-    moment in any of the others; the spread says how much they disagreed.
-    """
+    """Measure `network` (and `base`, interleaved with it) in `passes` passes, each in its own seeded order."""
     start = time.perf_counter()
     models = [network] if base is None else [network, base]
     order_rng = random.Random(0)  # seeded: reruns measure in the same order
@@ -313,9 +331,7 @@ def measure_whole(measurer: Measurer, network: bytes, base: bytes | None, passes
         by_index = dict(zip(order, measure_all(measurer, [models[i] for i in order])))
         network_passes.append(by_index[0].latency_ms)
         base_passes.append(by_index[len(models) - 1].latency_ms)
-    fastest = min(network_passes)
-    return WholeFigures(fastest, min(base_passes), 100 * (max(network_passes) - fastest) / fastest, len(network_passes),
-                        time.perf_counter() - start)
+    return WholeFigures(tuple(network_passes), tuple(base_passes), time.perf_counter() - start)
 
 
 @dataclass(frozen=True)
@@ -434,7 +450,7 @@ def _run(config: Config, run: RunDir, resume, executor, measurer: Measurer, data
     table = LatencyTable.open(table_path, measurer, shape, reference_units=config.lut.reference_units)
     table.ensure_consistent(config.lut.drift_check, config.lut.drift_sample, config.lut.drift_tolerance_pct,
                             echo=echo, progress=progress)
-    calibration = OnlineCalibration(decay=CALIBRATION_DECAY)
+    calibration = OnlineCalibration()
 
     state = run.read_state() if resume is not None else None
     if state is None:
@@ -443,7 +459,8 @@ def _run(config: Config, run: RunDir, resume, executor, measurer: Measurer, data
         start = time.perf_counter()
         base_onnx = onnx_bytes(model, shape)
         export_s = time.perf_counter() - start
-        base = measure_whole(measurer, base_onnx, None, config.measure.repeats)
+        # Twice the passes of a winner's: the base's figure anchors the first predictions and the budget.
+        base = measure_whole(measurer, base_onnx, None, 2 * config.measure.repeats)
         base_ms = base.network_ms
         budget_ms = resolve_budget(config, base_ms)
         if table.correction_specs(model.spec) == 0:
@@ -474,12 +491,13 @@ def _run(config: Config, run: RunDir, resume, executor, measurer: Measurer, data
         stop_reason = f"the base network already meets the budget ({base_ms:.3f} ms <= {budget_ms:.3f} ms)" if finished else None
         row = {"iteration": 0, "kind": "base", "group": "", "status": "done", "predicted_ms": table_base,
                "table_predicted_ms": table_base, "measured_ms": base_ms, "base_measured_ms": base_ms,
+               "ratio_to_base": 1.0, "steady_ms": base_ms,
                "measured_spread_pct": base.spread_pct, "holdout_acc": base_acc, "test_acc": test_acc,
                "export_s": export_s, "measure_s": base.measure_s,
                "checkpoint": str(run.checkpoint_path(0).relative_to(run.path)),
                "reason": stop_reason or f"base from {base_path}"}
         state = {"base_ms": base_ms, "base_predicted_ms": table_base, "budget_ms": budget_ms, "measured_ms": base_ms,
-                 "base_now_ms": base_ms, "predicted_ms": table_base,
+                 "base_figures": [base_ms], "predicted_ms": table_base,
                  "holdout_acc": base_acc, "finished": finished, "stop_reason": stop_reason}
         search.commit(0, model, [row], state)
         state = {**state, "iteration": 0}
@@ -503,9 +521,10 @@ def _run(config: Config, run: RunDir, resume, executor, measurer: Measurer, data
                         state["iteration"], state["stop_reason"], model.spec)
 
 
-# Online calibration leans on the latest measured network alone: successive
-# networks differ by one cut, so its ratio is the nearest (netadapt.latency.calibration).
-CALIBRATION_DECAY = 0.0
+# A winner measured this far (as a share) from its calibrated prediction is measured again,
+# and so is one whose budget test is decided by less than CLOSE_CALL_PCT either way.
+SURPRISE = 0.05
+CLOSE_CALL_PCT = 5.0
 
 
 def _prefetch(table: LatencyTable, spec: NetSpec, groups: list[ChannelGroup], widths: int) -> float:
@@ -524,11 +543,23 @@ def _prefetch(table: LatencyTable, spec: NetSpec, groups: list[ChannelGroup], wi
     return table.measure_seconds - before
 
 
-def _floor_ms(config: Config, state: dict[str, Any]) -> float:
-    """The lowest target an iteration may aim at: just under the budget, on the current machine's scale."""
+def _base_typical_ms(state: dict[str, Any]) -> float:
+    """The median of the base's figures so far (at the start and beside every winner): the base's steady scale."""
+    return float(np.median(state.get("base_figures") or [state["base_ms"]]))  # older runs kept only the first
+
+
+def _floor_ms(config: Config, state: dict[str, Any], factor: float) -> float:
+    """The lowest target an iteration may aim at, on the calibrated scale: just under the budget.
+
+    A ratio budget is clamped on the table's scale (the budget ratio of the
+    table's base prediction, converted at the current factor): the clamp then
+    moves with the table alone, so the same seed and table land on the same
+    final network however the measurements scatter. An absolute budget is a
+    figure of the machine as it is, so it is clamped as it stands.
+    """
     ratio = config.search.budget_ratio
-    budget_now = ratio * state["base_now_ms"] if ratio is not None else state["budget_ms"]
-    return budget_now * (1 - config.search.budget_margin)
+    budget = ratio * state["base_predicted_ms"] * factor if ratio is not None else state["budget_ms"]
+    return budget * (1 - config.search.budget_margin)
 
 
 def _iterate(search: _Search, dataset: Dataset, shape, state: dict[str, Any], model: MobileNetV3):
@@ -550,7 +581,8 @@ def _iterate(search: _Search, dataset: Dataset, shape, state: dict[str, Any], mo
         current_predicted = search.predict_ms(spec)
         plan = plan_iteration(spec, groups, current_predicted, reduction, search.predict_ms,
                               config.search.min_proposals, config.search.max_reduction_halvings,
-                              measure_seconds=lambda: table.measure_seconds, floor_ms=_floor_ms(config, state),
+                              measure_seconds=lambda: table.measure_seconds,
+                              floor_ms=_floor_ms(config, state, search.calibration.factor),
                               fill=lambda specs: table.fill(specs, progress=False), window=config.lut.prefetch_widths)
         target_ms = plan.target_ms
         rows: list[dict[str, Any]] = []
@@ -606,6 +638,14 @@ def _iterate(search: _Search, dataset: Dataset, shape, state: dict[str, Any], mo
                 winner_onnx = onnx_bytes(winner_model, shape)
                 export_s = time.perf_counter() - start
                 figures = measure_whole(search.measurer, winner_onnx, search.base_onnx, config.measure.repeats)
+                off = figures.ratio * _base_typical_ms(state) / winner.task.predicted_ms - 1
+                if abs(off) > SURPRISE:
+                    # Far from its prediction: more passes before the figure steers the calibration and
+                    # the stop test (a slow stretch can outlast one set of passes).
+                    figures = figures.merged(measure_whole(search.measurer, winner_onnx, search.base_onnx,
+                                                           config.measure.repeats))
+                    search.say(f"iteration {iteration}: the winner measured {100 * off:+.1f}% off its prediction; "
+                               f"measured again, {figures.passes} passes in all: {figures.network_ms:.4f} ms")
                 break
             except NetadaptError as error:
                 winner.status, winner.reason = "failed", f"measurement failed: {error}"
@@ -627,17 +667,28 @@ def _iterate(search: _Search, dataset: Dataset, shape, state: dict[str, Any], mo
 
         model = winner_model
         test_acc = evaluate(model, dataset.test, config.train.eval_batch_size)
-        table_predicted = table.predict_ms(winner.spec)
-        search.calibration.observe(table_predicted, figures.network_ms)
         decision = budget_test(config, figures, state["budget_ms"])
+        if abs(decision.margin_pct) < CLOSE_CALL_PCT:
+            # A close call: as many passes again before it is decided, so one slow stretch cannot.
+            figures = figures.merged(measure_whole(search.measurer, winner_onnx, search.base_onnx,
+                                                   config.measure.repeats))
+            decision = budget_test(config, figures, state["budget_ms"])
+            search.say(f"iteration {iteration}: a close call, measured again: {figures.passes} passes in all")
+        table_predicted = table.predict_ms(winner.spec)
+        state = {**state, "base_figures": [*state.get("base_figures", [state["base_ms"]]), figures.base_ms]}
+        # The winner on the base's steady scale: its ratio to the base in the same passes (drift
+        # cancels) times the base's median figure, steadier than any one pass of the winner alone.
+        steady_ms = figures.ratio * _base_typical_ms(state)
+        search.calibration.observe(table_predicted, steady_ms)
         state = {**state, "measured_ms": figures.network_ms, "predicted_ms": winner.task.predicted_ms,
-                 "base_now_ms": figures.base_ms, "holdout_acc": winner.holdout_acc}
+                 "holdout_acc": winner.holdout_acc}
         reason = f"measured {decision.text}: meets the budget" if decision.met else ""
         iteration_row = {"iteration": iteration, "kind": "iteration", "group": winner.task.group.name,
                          "width_before": winner.task.group.width, "width_after": winner.task.width,
                          "status": "done", "target_ms": target_ms, "predicted_ms": winner.task.predicted_ms,
                          "table_predicted_ms": table_predicted, "measured_ms": figures.network_ms,
-                         "base_measured_ms": figures.base_ms, "measured_spread_pct": figures.spread_pct,
+                         "base_measured_ms": figures.base_ms, "ratio_to_base": figures.ratio, "steady_ms": steady_ms,
+                         "measured_spread_pct": figures.spread_pct,
                          "budget_margin_pct": decision.margin_pct, "holdout_acc": winner.holdout_acc,
                          "test_acc": test_acc, "seed": winner.task.seed, "reason": reason,
                          "checkpoint": str(run.checkpoint_path(iteration).relative_to(run.path))}

@@ -213,7 +213,8 @@ def _validate_run_command(args: argparse.Namespace) -> int:
     resolution = config.data.resolution
     shape = (config.target.batch, networks[0].spec.in_channels, resolution, resolution)
     measurer = make_measurer(config.target, config.measure, shape)
-    passes = args.passes if args.passes is not None else config.lut.network_passes
+    # As many passes as the search took of each network (measure.repeats), so the two figures are taken alike.
+    passes = args.passes if args.passes is not None else config.measure.repeats
     print(f"run {run.path}: {len(networks)} networks (base and iterations), re-measured whole at "
           f"{'x'.join(map(str, shape))} in {passes} interleaved passes")
     frame = validate_run(networks, measurer, shape, passes)
@@ -230,8 +231,9 @@ def _validate_run_command(args: argparse.Namespace) -> int:
     print(f"predictions the run used: median |error| {s['median_abs_error_pct']:.2f}%, within 5%: "
           f"{100 * s['within_5_pct']:.0f}%, max {s['max_abs_error_pct']:.2f}% (the table's own: median "
           f"{s['median_abs_table_error_pct']:.2f}%)")
-    print(f"the run's own figures against these: median |difference| {s['median_abs_in_search_error_pct']:.2f}%, "
-          f"max {s['max_abs_in_search_error_pct']:.2f}%; final network at {s['final_ratio_to_base']:.3f} of the base")
+    print(f"the run's own figures against these: best pass median |difference| {s['median_abs_in_search_error_pct']:.2f}%, "
+          f"max {s['max_abs_in_search_error_pct']:.2f}%; steady figure median {s['median_abs_steady_error_pct']:.2f}%, "
+          f"max {s['max_abs_steady_error_pct']:.2f}%; final network at {s['final_ratio_to_base']:.3f} of the base")
     if args.out:
         print(f"wrote {args.out}")
     return 0

@@ -4,16 +4,15 @@ The table predicts on its reference scale (see `netadapt.latency.table`);
 the search measures its networks on the machine as it is now. Every whole
 measurement it takes (the base, then each winner) is a point here, and the
 next iteration's target and width choices use `apply(table prediction)`:
-the table's prediction times the measured-to-predicted ratio of the latest
-networks. Successive networks of a search differ by one group's cut, so the
-latest ratio, which carries both the machine's current state and the
-table's residual error near the current network, is the best guess for the
-next one.
+the table's prediction times the median measured-to-predicted ratio of the
+latest few networks, which carries the machine's current state and the
+table's residual error near the current networks.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 
 __all__ = ["CalibrationPoint", "OnlineCalibration"]
@@ -28,19 +27,20 @@ class CalibrationPoint:
 
 
 class OnlineCalibration:
-    """calibrated = table prediction * factor; factor: weighted geometric mean of the latest ratios.
+    """calibrated = table prediction * factor; factor: the median measured / predicted ratio of the latest points.
 
     Args:
-        decay: weight of each older point relative to the next newer one
-            (0: the latest point alone; 1: all points alike). The default
-            leans on the latest, since the error of a table drifts with the
-            network's size along a search.
+        window: how many of the latest points the median takes. The table is
+            consistent within a percent or two, so most of what one point adds
+            is the noise of its measurement; the median of a few filters that
+            and a slow machine from one bad reading, and still follows the
+            machine when its speed changes for good.
     """
 
-    def __init__(self, decay: float = 0.25) -> None:
-        if not 0 <= decay <= 1:
-            raise ValueError(f"decay must be in [0, 1], got {decay}")
-        self.decay = decay
+    def __init__(self, window: int = 5) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.window = window
         self.points: list[CalibrationPoint] = []
 
     def observe(self, table_ms: float, measured_ms: float) -> None:
@@ -51,18 +51,10 @@ class OnlineCalibration:
 
     @property
     def factor(self) -> float:
-        """measured / predicted, weighted towards the latest points; 1.0 before any point."""
+        """The median of measured / predicted over the latest `window` points; 1.0 before any point."""
         if not self.points:
             return 1.0
-        total = weight_sum = 0.0
-        weight = 1.0
-        for point in reversed(self.points):
-            total += weight * math.log(point.measured_ms / point.table_ms)
-            weight_sum += weight
-            weight *= self.decay
-            if weight == 0.0:
-                break
-        return math.exp(total / weight_sum)
+        return float(statistics.median(p.measured_ms / p.table_ms for p in self.points[-self.window :]))
 
     def apply(self, table_ms: float) -> float:
         """The calibrated prediction of a network the table predicts at `table_ms`."""

@@ -46,6 +46,12 @@ from netadapt.onnx_export import onnx_bytes
 __all__ = ["DRIFT_POLICIES", "DriftReport", "LatencyTable", "REFERENCE_UNITS"]
 
 REFERENCE_UNITS = 3  # units measured in every batch to gauge the machine's state
+REFERENCE_PASSES = 3  # sessions whose best sets each reference's figure when a table is created
+# A batch whose gauge is further than this from 1 is measured again (up to GAUGE_RETRIES
+# times): on this VM single sessions, references' included, now and then run 1.3-1.5x slow
+# while the rest of the batch does not (benchmarks/results/search_latency/README.md).
+GAUGE_TOLERANCE = 0.10
+GAUGE_RETRIES = 2
 DRIFT_POLICIES = ("remeasure", "refuse", "off")
 # The figures a gauge is computed for; p90 and mean follow the median's.
 _GAUGED = {"quiet_ms": "quiet", "min_ms": "min", "median_ms": "median", "p10_ms": "p10", "p90_ms": "median",
@@ -285,31 +291,52 @@ class LatencyTable:
             references = self._choose_references(candidates)
             self.references = [{"unit": dataclasses.asdict(u), "figures": {}} for u in references]
         reference_models = [unit_onnx(u, self.batch) for u in self.reference_units()]
+        if reference_models and not self.references[0]["figures"]:
+            self._set_reference_figures(reference_models, measurer)
         chunk = max(1, MAX_INTERLEAVED - len(reference_models))
         results: list[Measurement] = []
         gauges: list[float] = []
         for first in range(0, len(models), chunk):
             part = models[first : first + chunk]
-            measured = measure_all(measurer, reference_models + part)
-            refs, rest = measured[: len(reference_models)], measured[len(reference_models) :]
-            batch_gauges = self._batch_gauges(refs)
+            tries = []
+            for _ in range(1 + (GAUGE_RETRIES if reference_models else 0)):
+                refs, rest = self._measure_beside_references(reference_models, part, measurer)
+                tries.append((self._batch_gauges(refs), rest))
+                if abs(tries[-1][0][self.statistic] - 1) <= GAUGE_TOLERANCE:
+                    break
+            # The try whose references ran closest to their reference figures: a gauge far off
+            # more often means the references' own sessions ran slow than the whole machine.
+            batch_gauges, rest = min(tries, key=lambda one: abs(math.log(one[0][self.statistic])))
             self.last_gauge = batch_gauges[self.statistic]
             results.extend(_scaled(m, batch_gauges, self.statistic) for m in rest)
             gauges.extend([self.last_gauge] * len(rest))
         return results, gauges
 
+    def _measure_beside_references(
+        self, reference_models: list[bytes], part: list[bytes], measurer: Measurer
+    ) -> tuple[list[Measurement], list[Measurement]]:
+        """One interleaved batch of the references and `part`, in random positions; (references', part's)."""
+        models = reference_models + part
+        order = list(range(len(models)))
+        self._order_rng.shuffle(order)
+        by_index = dict(zip(order, measure_all(measurer, [models[i] for i in order])))
+        measured = [by_index[i] for i in range(len(models))]
+        return measured[: len(reference_models)], measured[len(reference_models) :]
+
+    def _set_reference_figures(self, reference_models: list[bytes], measurer: Measurer) -> None:
+        """The references' figures at creation: each one's best of REFERENCE_PASSES sessions, so one slow
+        session does not set the scale of the whole table."""
+        passes = [measure_all(measurer, reference_models) for _ in range(REFERENCE_PASSES)]
+        for reference, measured in zip(self.references, zip(*passes)):
+            reference["figures"] = {s: min(m.statistic_ms(s) for m in measured) for s in STATISTICS}
+
     def _batch_gauges(self, refs: list[Measurement]) -> dict[str, float]:
-        """Geometric mean over the references of now / at creation, per figure; sets the figures on first use."""
+        """Median over the references of now / at creation, per figure (robust to one slow reference session)."""
         if not refs:
             return {statistic: 1.0 for statistic in STATISTICS}
-        for reference, measured in zip(self.references, refs):
-            if not reference["figures"]:
-                reference["figures"] = {s: measured.statistic_ms(s) for s in STATISTICS}
         return {
-            statistic: math.exp(np.mean([
-                math.log(measured.statistic_ms(statistic) / reference["figures"][statistic])
-                for reference, measured in zip(self.references, refs)
-            ]))
+            statistic: float(np.median([measured.statistic_ms(statistic) / reference["figures"][statistic]
+                                        for reference, measured in zip(self.references, refs)]))
             for statistic in STATISTICS
         }
 
