@@ -18,6 +18,7 @@ still agrees with the machine (docs/latency-model.md, "Consistency").
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
 import time
@@ -177,8 +178,6 @@ class LatencyTable:
             return cls(path, measurer, input_shape, TableFile(current), statistic, reference_units)
         stored = read_table(path)
         if stored.fingerprint != current:
-            import json
-
             differing = sorted(k for k in set(stored.fingerprint) | set(current) if stored.fingerprint.get(k) != current.get(k))
             raise LatencyTableError(
                 f"{path}: this table was measured on another target (differs in {differing}).\n"
