@@ -155,7 +155,7 @@ def headline(args: argparse.Namespace) -> int:
     phase_done("search")
 
     state = run.read_state()
-    lineage_steps = config.train.steps + state["iteration"] * config.search.finetune_steps
+    lineage_steps = config.train.steps + state.iteration * config.search.finetune_steps
     steps = lineage_steps + config.search.long_finetune_steps + args.long_finetune
     baseline = train_multipliers(config, dataset, run, multipliers, names, steps, progress)
     phase_done("multipliers")

@@ -122,9 +122,9 @@ def main() -> int:
 
     torch.set_num_threads(1)  # exports must not compete with the measured session
     shape = parse_input_shape(args.input)
-    target = Target(
+    target = Target.from_settings(
+        shape,
         threads=args.threads,
-        input_shape=shape,
         warmup_runs=args.warmup,
         min_runs=args.min_runs,
         min_seconds=args.min_seconds,

@@ -87,7 +87,7 @@ def main() -> int:
           f"{'median ms':>18} {'quiet ms':>18} {'min ms':>18}")
     for seconds in args.seconds:
         rounds = max(1, round(seconds * args.windows_per_second))
-        settings = Target(input_shape=shape, min_seconds=seconds, windows=rounds)
+        settings = Target.from_settings(shape, min_seconds=seconds, windows=rounds)
         results: dict[float, list] = {width: [] for width in models}
         for _ in range(args.repeats):
             for width, model in models.items():

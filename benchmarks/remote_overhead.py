@@ -68,14 +68,14 @@ def main() -> None:
     shape = parse_input_shape(args.input)
     spec = preset(args.preset, width=args.width, in_channels=shape[1])
     model = onnx_bytes(build(spec), shape)
-    target = Target(input_shape=shape, min_runs=args.min_runs, min_seconds=args.min_seconds)
+    target = Target.from_settings(shape, min_runs=args.min_runs, min_seconds=args.min_seconds)
 
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores, {platform.platform()}, "
           f"Python {platform.python_version()}, onnxruntime {ort.__version__}; "
           "load average %.2f %.2f %.2f at start" % os.getloadavg())
     print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
-    print(f"model: {spec.name} at {args.input}, {len(model) / 2**20:.2f} MiB ONNX; target: {target.threads} thread(s), "
-          f"warm-up {target.warmup_runs}, >= {target.min_runs} runs and >= {target.min_seconds} s per call; "
+    print(f"model: {spec.name} at {args.input}, {len(model) / 2**20:.2f} MiB ONNX; target: {target.session.threads} thread(s), "
+          f"warm-up {target.measuring.warmup_runs}, >= {target.measuring.min_runs} runs and >= {target.measuring.min_seconds} s per call; "
           f"{args.repeats} calls per mode, alternating; device server on loopback in a subprocess")
 
     token = secrets.token_urlsafe(24)

@@ -42,6 +42,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from netadapt.latency.validate import summarize_run
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -103,19 +105,8 @@ def main() -> int:
                                  log=out / f"run{number}-validate.txt")
         frame = pd.read_csv(run / "validate.csv")
         finals.append((run / "checkpoints" / f"iter-{int(frame['iteration'].iloc[-1]):03d}.spec.yaml").read_text())
-        errors = frame["error_pct"].abs()
-        in_search = frame["in_search_error_pct"].abs()
-        steady = frame["steady_error_pct"].abs()
-        table_errors = frame["table_error_pct"].abs()
-        summaries.append({
-            "run": number, "search_s": search_s, "iterations": int(frame["iteration"].iloc[-1]),
-            "median_abs_error_pct": errors.median(), "max_abs_error_pct": errors.max(),
-            "within_5_pct": 100 * (errors <= 5).mean(), "table_median_abs_error_pct": table_errors.median(),
-            "table_max_abs_error_pct": table_errors.max(),
-            "in_search_median_abs_pct": in_search.median(), "in_search_max_abs_pct": in_search.max(),
-            "steady_median_abs_pct": steady.median(), "steady_max_abs_pct": steady.max(),
-            "final_ratio": frame["ratio_to_base"].iloc[-1], "validate_s": validate_s,
-        })
+        summaries.append({"run": number, "search_s": search_s, "iterations": int(frame["iteration"].iloc[-1]),
+                          **summarize_run(frame), "validate_s": validate_s})
         print(f"\n## run {number}: {summaries[-1]['iterations']} iterations in {search_s:.0f} s "
               f"(re-measured in {validate_s:.0f} s)")
         print(f"{'iter':>4} {'calibrated':>10} {'table':>10} {'in-search':>10} {'steady':>10} {'quiet':>10} {'error':>8} "

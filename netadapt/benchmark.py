@@ -52,7 +52,7 @@ import numpy as np
 import onnxruntime as ort
 
 from mobilenetv3 import NetSpec, build
-from netadapt.config import MeasureConfig, TargetConfig
+from netadapt.config import OPTIMIZATION_LEVELS, STATISTICS, MeasureConfig, TargetConfig
 from netadapt.errors import ConfigError
 from netadapt.onnx_export import onnx_bytes
 
@@ -78,9 +78,7 @@ __all__ = [
     "time_session",
 ]
 
-PRIORITIES = ("normal", "high", "realtime")
-STATISTICS = ("quiet", "median", "p10", "min")  # which figure of a Measurement the project uses
-DEFAULT_STATISTIC = "min"
+DEFAULT_STATISTIC = MeasureConfig().statistic
 # Sessions measured together by `measure_many`; bounds memory for big models.
 MAX_INTERLEAVED = 16
 
@@ -90,13 +88,20 @@ _OPTIMIZATION_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+assert set(_OPTIMIZATION_LEVELS) == set(OPTIMIZATION_LEVELS)  # the config owns the names
+
+# The settings that decide a figure and travel to a remote device, by the
+# config section that owns each. Connection settings (device, token, retries,
+# timeout) and the search's own (repeats, isolation) stay with the caller.
+SESSION_SETTINGS = ("provider", "threads", "inter_op_threads", "optimization_level", "allow_spinning")
+MEASURING_SETTINGS = ("warmup_runs", "min_runs", "min_seconds", "max_runs", "priority", "statistic", "windows")
 
 
 @lru_cache(maxsize=1)
 def cpu_model() -> str:
-    """The CPU's marketing name (from /proc/cpuinfo on Linux), or the best the platform offers."""
+    """The CPU's model name (from /proc/cpuinfo on Linux), for fingerprints."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+        with open("/proc/cpuinfo") as handle:
             for line in handle:
                 if line.lower().startswith("model name"):
                     return line.split(":", 1)[1].strip()
@@ -105,63 +110,31 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-_TARGET_DEFAULTS, _MEASURE_DEFAULTS = TargetConfig(), MeasureConfig()
-
-
 @dataclass(frozen=True)
 class Target:
     """Where and how a model is measured: the config's `target` and `measure` sections plus the input shape.
 
-    Every field has the name and the default of its config key (the config
-    sections own them; `from_config` copies them across). The first six
-    fields are part of the fingerprint; the measuring settings (warm-up and
-    run counts) change how precise a figure is, not what it is, so they are
-    not.
+    Composed of the two config sections, which own every setting, its
+    default and its range checks; `Target` only adds the input shape. Its
+    `session` and `measuring` are private copies, so changing a `Config`
+    later does not change a target made from it. The batch is the input's
+    first dimension (`session.batch` follows it). The session settings are
+    the fingerprint; the measuring settings (warm-up and run counts) change
+    how precise a figure is, not what it is, so they are not.
     """
 
-    provider: str = _TARGET_DEFAULTS.provider
-    threads: int = _TARGET_DEFAULTS.threads
-    inter_op_threads: int = _TARGET_DEFAULTS.inter_op_threads
-    optimization_level: str = _TARGET_DEFAULTS.optimization_level
     input_shape: tuple[int, int, int, int] = (1, 3, 224, 224)  # N, C, H, W
-    allow_spinning: bool = _TARGET_DEFAULTS.allow_spinning
-    warmup_runs: int = _MEASURE_DEFAULTS.warmup_runs
-    min_runs: int = _MEASURE_DEFAULTS.min_runs
-    min_seconds: float = _MEASURE_DEFAULTS.min_seconds
-    max_runs: int = _MEASURE_DEFAULTS.max_runs
-    priority: str = _MEASURE_DEFAULTS.priority
-    statistic: str = _MEASURE_DEFAULTS.statistic
-    windows: int = _MEASURE_DEFAULTS.windows
+    session: TargetConfig = field(default_factory=TargetConfig)
+    measuring: MeasureConfig = field(default_factory=MeasureConfig)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
-        if len(self.input_shape) != 4 or min(self.input_shape) < 1:
+        shape = tuple(int(d) for d in self.input_shape)
+        if len(shape) != 4 or min(shape) < 1:
             raise ConfigError(f"target input shape must be 4 positive ints (N, C, H, W), got {self.input_shape}")
-        if self.optimization_level not in _OPTIMIZATION_LEVELS:
-            raise ConfigError(
-                f"target.optimization_level must be one of {sorted(_OPTIMIZATION_LEVELS)}, "
-                f"got {self.optimization_level!r}"
-            )
-        if self.threads < 0 or self.inter_op_threads < 0:
-            raise ConfigError(f"target.threads and inter_op_threads must be >= 0, got {self.threads}, {self.inter_op_threads}")
-        if self.priority not in PRIORITIES:
-            raise ConfigError(f"measure.priority must be one of {list(PRIORITIES)}, got {self.priority!r}")
-        if self.statistic not in STATISTICS:
-            raise ConfigError(f"measure.statistic must be one of {list(STATISTICS)}, got {self.statistic!r}")
-        if self.windows < 1:
-            raise ConfigError(f"measure.windows must be >= 1, got {self.windows}")
-        if self.warmup_runs < 0 or self.min_runs < 1 or self.max_runs < self.min_runs or self.min_seconds < 0:
-            raise ConfigError(
-                "measure: need warmup_runs >= 0, min_runs >= 1, max_runs >= min_runs and min_seconds >= 0; got "
-                f"{self.warmup_runs}, {self.min_runs}, {self.max_runs}, {self.min_seconds}"
-            )
-
-    def require_provider_here(self) -> None:
-        """Refuse a provider this machine's onnxruntime lacks. Not part of validation:
-        a remote device may have providers (CoreML, QNN, ...) the host does not."""
-        available = ort.get_available_providers()
-        if self.provider not in available:
-            raise ConfigError(f"target.provider {self.provider!r} is not available here; onnxruntime lists {available}")
+        object.__setattr__(self, "input_shape", shape)
+        # replace() copies and re-runs the sections' own range checks.
+        object.__setattr__(self, "session", dataclasses.replace(self.session, batch=shape[0]))
+        object.__setattr__(self, "measuring", dataclasses.replace(self.measuring))
 
     @classmethod
     def from_config(
@@ -177,14 +150,46 @@ class Target:
             measure_cfg: warm-up and run counts.
             input_shape: (N, C, H, W); N is replaced by `target_cfg.batch`.
         """
-        shape = (target_cfg.batch, *tuple(input_shape)[1:])
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {name: value for section in (target_cfg, measure_cfg)
-                  for name, value in dataclasses.asdict(section).items() if name in names}
-        return cls(**values, input_shape=shape)  # type: ignore[arg-type]
+        return cls((target_cfg.batch, *tuple(input_shape)[1:]), target_cfg, measure_cfg)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_settings(cls, input_shape: tuple[int, ...] = (1, 3, 224, 224), **settings: Any) -> "Target":
+        """A target from flat settings (`threads=2, min_runs=5`), each routed to the section that owns it.
+
+        Raises:
+            ConfigError: a name that is not a session or measuring setting, or a value out of range.
+        """
+        return cls(input_shape).with_settings(**settings)  # type: ignore[arg-type]
 
     def with_settings(self, **changes: Any) -> "Target":
-        return dataclasses.replace(self, **changes)
+        """This target with some session or measuring settings changed (flat names, as `settings()` gives)."""
+        unknown = sorted(set(changes) - set(SESSION_SETTINGS) - set(MEASURING_SETTINGS))
+        if unknown:
+            raise ConfigError(f"unknown target setting(s) {unknown}; valid: {sorted(SESSION_SETTINGS + MEASURING_SETTINGS)}")
+        session = {k: v for k, v in changes.items() if k in SESSION_SETTINGS}
+        measuring = {k: v for k, v in changes.items() if k in MEASURING_SETTINGS}
+        return dataclasses.replace(self, session=dataclasses.replace(self.session, **session),
+                                   measuring=dataclasses.replace(self.measuring, **measuring))
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that decide a figure, flat: what a remote device needs to reproduce this target."""
+        return {**{k: getattr(self.session, k) for k in SESSION_SETTINGS},
+                **{k: getattr(self.measuring, k) for k in MEASURING_SETTINGS}}
+
+    @property
+    def provider(self) -> str:
+        return self.session.provider
+
+    @property
+    def statistic(self) -> str:
+        return self.measuring.statistic
+
+    def require_provider_here(self) -> None:
+        """Refuse a provider this machine's onnxruntime lacks. Not part of validation:
+        a remote device may have providers (CoreML, QNN, ...) the host does not."""
+        available = ort.get_available_providers()
+        if self.provider not in available:
+            raise ConfigError(f"target.provider {self.provider!r} is not available here; onnxruntime lists {available}")
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that changes a latency figure: machine, runtime and session settings.
@@ -197,21 +202,17 @@ class Target:
             "cpu": cpu_model(),
             "cores": os.cpu_count() or 0,
             "onnxruntime": ort.__version__,
-            "provider": self.provider,
-            "threads": self.threads,
-            "inter_op_threads": self.inter_op_threads,
-            "optimization_level": self.optimization_level,
-            "allow_spinning": self.allow_spinning,
+            **{k: getattr(self.session, k) for k in SESSION_SETTINGS},
             "batch": self.input_shape[0],
         }
 
     def session_options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = self.inter_op_threads
-        options.graph_optimization_level = _OPTIMIZATION_LEVELS[self.optimization_level]
+        options.intra_op_num_threads = self.session.threads
+        options.inter_op_num_threads = self.session.inter_op_threads
+        options.graph_optimization_level = _OPTIMIZATION_LEVELS[self.session.optimization_level]
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.allow_spinning else "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.session.allow_spinning else "0")
         options.log_severity_level = 3  # warnings about unused initializers are noise here
         return options
 
@@ -307,9 +308,9 @@ def time_session(
 
     No warm-up: the caller warms the session first.
     """
-    min_runs = target.min_runs if min_runs is None else min_runs
-    min_seconds = target.min_seconds if min_seconds is None else min_seconds
-    max_runs = target.max_runs if max_runs is None else max_runs
+    min_runs = target.measuring.min_runs if min_runs is None else min_runs
+    min_seconds = target.measuring.min_seconds if min_seconds is None else min_seconds
+    max_runs = target.measuring.max_runs if max_runs is None else max_runs
     times: list[float] = []
     total = 0.0
     clock = time.perf_counter
@@ -374,7 +375,7 @@ def measure_many(models: list[bytes], target: Target) -> list[Measurement]:
     """Measure several ONNX models on `target`, interleaved; one `Measurement` each, in order.
 
     Up to `MAX_INTERLEAVED` sessions are open at once. Each is warmed up,
-    then the timed runs go in `target.windows` rounds; a round times every
+    then the timed runs go in `target.measuring.windows` rounds; a round times every
     session in turn for its share of `min_runs` and `min_seconds`, after a
     couple of untimed runs that bring its weights back into cache. A burst
     of load therefore spoils one round of every model rather than all of
@@ -382,22 +383,22 @@ def measure_many(models: list[bytes], target: Target) -> list[Measurement]:
     same conditions.
     """
     target.require_provider_here()
-    rounds = min(target.windows, target.max_runs)  # every round times at least one run
+    rounds = min(target.measuring.windows, target.measuring.max_runs)  # every round times at least one run
     per_round = {
-        "min_runs": -(-target.min_runs // rounds),
-        "min_seconds": target.min_seconds / rounds,
-        "max_runs": target.max_runs // rounds,  # the rounds together stay within max_runs
+        "min_runs": -(-target.measuring.min_runs // rounds),
+        "min_seconds": target.measuring.min_seconds / rounds,
+        "max_runs": target.measuring.max_runs // rounds,  # the rounds together stay within max_runs
     }
-    rewarm = min(2, target.warmup_runs)
+    rewarm = min(2, target.measuring.warmup_runs)
     results: list[Measurement] = []
     fingerprint = target.fingerprint()
     for first in range(0, len(models), MAX_INTERLEAVED):
-        with scheduling_priority(target.priority):
+        with scheduling_priority(target.measuring.priority):
             sessions = []
             for model in models[first : first + MAX_INTERLEAVED]:
                 session = ort.InferenceSession(model, sess_options=target.session_options(), providers=[target.provider])
                 feeds = _input_for(session, target.input_shape)
-                for _ in range(target.warmup_runs):
+                for _ in range(target.measuring.warmup_runs):
                     session.run(None, feeds)
                 sessions.append((session, feeds))
             timed: list[list[list[float]]] = [[] for _ in sessions]

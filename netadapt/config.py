@@ -26,6 +26,9 @@ __all__ = [
     "LutConfig",
     "MeasureConfig",
     "ModelConfig",
+    "OPTIMIZATION_LEVELS",
+    "PRIORITIES",
+    "STATISTICS",
     "SearchConfig",
     "TargetConfig",
     "TrainConfig",
@@ -57,8 +60,22 @@ class DataConfig:
     channels: Literal[1, 3] = 1  # 1: grayscale, 3: RGB; the model's in_channels follows
     mean: list[float] = field(default_factory=lambda: [0.5])  # per channel, after scaling to [0, 1]
     std: list[float] = field(default_factory=lambda: [0.5])
-    holdout: int = 1000  # images carved from the training set for NetAdapt's decisions
+    # Images carved from the training set for NetAdapt's decisions. None: a
+    # twelfth of the training set, at least 1,000 and at most 5,000 (1,000 on
+    # the embedded subset, 5,000 on full Fashion-MNIST): a bigger holdout tells
+    # candidates apart where the data allows it.
+    holdout: int | None = None
     split_seed: int = 0  # fixes the holdout split independently of the training seed
+
+
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")  # onnxruntime's graph optimisation levels
+PRIORITIES = ("normal", "high", "realtime")
+STATISTICS = ("quiet", "median", "p10", "min")  # which figure of a Measurement the project uses
+
+
+def _require_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {list(choices)}, got {value!r}")
 
 
 @dataclass
@@ -68,7 +85,7 @@ class TargetConfig:
     provider: str = "CPUExecutionProvider"
     threads: int = 1  # intra-op threads; 1 is the usual mobile-like setting
     inter_op_threads: int = 1
-    optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    optimization_level: Literal[OPTIMIZATION_LEVELS] = "all"
     batch: int = 1  # batch size of the measured input
     # onnxruntime's default; spinning workers cut wake-up latency when threads > 1
     allow_spinning: bool = True
@@ -77,6 +94,18 @@ class TargetConfig:
     token_file: str | None = None
     retries: int = 5  # reconnects after a lost connection, with doubling backoff from 0.5 s
     timeout_s: float = 600.0  # longest wait for one answer, measuring included
+
+    def __post_init__(self) -> None:
+        _require_choice("target.optimization_level", self.optimization_level, OPTIMIZATION_LEVELS)
+        for key, value in (("threads", self.threads), ("inter_op_threads", self.inter_op_threads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"target.{key} must be an integer >= 0 (0: onnxruntime's default), got {value!r}")
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
+            raise ConfigError(f"target.batch must be an integer >= 1, got {self.batch!r}")
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise ConfigError(f"target.retries must be an integer >= 0, got {self.retries!r}")
+        if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)) or not 0 < self.timeout_s < float("inf"):
+            raise ConfigError(f"target.timeout_s must be a finite number > 0, got {self.timeout_s!r}")
 
 
 @dataclass
@@ -91,17 +120,30 @@ class MeasureConfig:
     repeats: int = 8
     # Scheduling of the measuring thread: "realtime" (SCHED_FIFO, needs root) keeps
     # other jobs on a shared machine from inflating the figures; "high" is nice -10.
-    priority: Literal["normal", "high", "realtime"] = "normal"
+    priority: Literal[PRIORITIES] = "normal"
     # The figure every part uses: "min" is the fastest run, the steadiest figure on a
     # shared or virtual machine, where interference only adds time; "quiet" is the
     # lowest median over `windows` rounds; "median" of all runs suits a dedicated
     # device; "p10" is also offered (see netadapt/benchmark.py).
-    statistic: Literal["quiet", "median", "p10", "min"] = "min"
+    statistic: Literal[STATISTICS] = "min"
     windows: int = 10  # rounds the timed runs are split into (see netadapt/benchmark.py)
     # Where a search measures on a local target: "process" measures in a separate
     # process that waits for the trainer to go idle first (fine-tuning in the same
     # process inflated figures by a median 11%); "none" measures in the trainer.
     isolation: Literal["process", "none"] = "process"
+
+    def __post_init__(self) -> None:
+        _require_choice("measure.priority", self.priority, PRIORITIES)
+        _require_choice("measure.statistic", self.statistic, STATISTICS)
+        _require_choice("measure.isolation", self.isolation, ("process", "none"))
+        for key, value, low in (("warmup_runs", self.warmup_runs, 0), ("min_runs", self.min_runs, 1),
+                                ("repeats", self.repeats, 1), ("windows", self.windows, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"measure.{key} must be an integer >= {low}, got {value!r}")
+        if isinstance(self.max_runs, bool) or not isinstance(self.max_runs, int) or self.max_runs < self.min_runs:
+            raise ConfigError(f"measure.max_runs must be an integer >= measure.min_runs ({self.min_runs}), got {self.max_runs!r}")
+        if not isinstance(self.min_seconds, (int, float)) or isinstance(self.min_seconds, bool) or not 0 <= self.min_seconds < float("inf"):
+            raise ConfigError(f"measure.min_seconds must be a finite number >= 0, got {self.min_seconds!r}")
 
 
 @dataclass
@@ -147,6 +189,11 @@ class TrainConfig:
     crop_padding: int = 2  # random crop after zero padding by this many pixels; 0 disables
     flip: bool = True  # random horizontal flips (fine for Fashion-MNIST and CIFAR-10; off for digits)
     finetune_lr: float = 0.01  # constant LR of NetAdapt's short-term fine-tunes
+    # Fine-tunes (short and long) can learn from the base network's logits too:
+    # loss = (1 - alpha) * cross-entropy + alpha * T^2 * KL(base || network at T).
+    # 0 turns it off (the default until measured on and off, issue 16).
+    distill_alpha: float = 0.0
+    distill_temperature: float = 4.0
     # After each train/finetune, recompute BN statistics on this many training
     # images (BN momentum 0.01 lags ~100 steps behind a short fine-tune); 0 disables.
     bn_recalibration: int = 1024
@@ -170,7 +217,22 @@ class SearchConfig:
     # paper's fixed schedule): see search.plan_iteration.
     min_proposals: int = 3
     max_reduction_halvings: int = 4
+    # The largest share of a group's channels one iteration may remove (one
+    # granularity step is always allowed): no gutting a group in one cut.
+    max_cut_fraction: float = 0.5
+    # Depth proposals: "remove block i" beside the channel cuts, for every
+    # residual block (`remove[i]` in history.csv). At small inputs latency is
+    # mostly per-layer overhead, which only removing layers saves.
+    depth_proposals: bool = True
     selection: Literal["accuracy", "accuracy_per_latency"] = "accuracy"
+    # What ranks candidates on the holdout: top-1 "accuracy", or "loss" (mean
+    # cross-entropy, smoother than top-1 on a small holdout). With
+    # accuracy_per_latency the reference is a control arm: the current network
+    # fine-tuned on the same batches as the proposals.
+    score: Literal["accuracy", "loss"] = "accuracy"
+    # The prescreen: score every proposal right after surgery and BatchNorm
+    # recalibration, and fine-tune only the best `finetune_top`; 0 fine-tunes all.
+    finetune_top: int = 0
     max_iterations: int = 100
     # The last iteration's target is clamped to the budget less this share, so the
     # final network lands just under the budget rather than far below it.
@@ -230,7 +292,10 @@ def from_dict(cls: type, data: Any, where: str = "", source: str = "config") -> 
     for name, value in data.items():
         key = f"{where}.{name}" if where else name
         values[name] = _coerce(hints[name], value, key, source)
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ConfigError as error:  # a section's own range checks (its __post_init__)
+        raise ConfigError(f"{source}: {error}") from None
 
 
 def _coerce(annotation: Any, value: Any, key: str, source: str) -> Any:

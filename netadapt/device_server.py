@@ -41,7 +41,6 @@ just before that model's measurement.
 
 from __future__ import annotations
 
-import dataclasses
 import hmac
 import json
 import logging
@@ -51,16 +50,18 @@ import stat
 import sys
 import threading
 import time
+import typing
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import onnx
 
-from netadapt.benchmark import Measurement, Target, measure
+from netadapt.benchmark import MEASURING_SETTINGS, SESSION_SETTINGS, Measurement, Target, measure
+from netadapt.config import MeasureConfig, TargetConfig
 from netadapt.errors import ConfigError
 
 __all__ = [
@@ -102,20 +103,23 @@ _PARSERS: dict[str, Callable[[str], Any]] = {"str": str, "int": int, "float": fl
 
 
 def _settings_from_target() -> dict[str, Callable[[str], Any]]:
-    # Derived from `Target`, so a setting added there (e.g. a scheduling
-    # priority) travels to the device without a second list to keep in step.
+    # Derived from the config sections that own `Target`'s settings, so a
+    # setting added there (e.g. a scheduling priority) travels to the device
+    # without a second list to keep in step.
+    hints = {**typing.get_type_hints(TargetConfig), **typing.get_type_hints(MeasureConfig)}
     settings = {}
-    for spec in dataclasses.fields(Target):
-        if spec.name == "input_shape":
-            continue  # comes from the model itself
-        type_name = spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", str(spec.type))
+    for name in (*SESSION_SETTINGS, *MEASURING_SETTINGS):
+        hint = hints[name]
+        if typing.get_origin(hint) is Literal:
+            hint = type(typing.get_args(hint)[0])
+        type_name = getattr(hint, "__name__", str(hint))
         if type_name not in _PARSERS:
-            raise TypeError(f"Target.{spec.name}: type {type_name} has no query-parameter parser")  # a bug
-        settings[spec.name] = _PARSERS[type_name]
+            raise TypeError(f"setting {name}: type {type_name} has no query-parameter parser")  # a bug
+        settings[name] = _PARSERS[type_name]
     return settings
 
 
-# Query parameter -> parser: every field of `Target` except `input_shape`,
+# Query parameter -> parser: every setting of `Target.settings()`,
 # plus `batch`, which fills a dynamic batch dimension and sets the batch of
 # the health check's fingerprint.
 SETTINGS: dict[str, Callable[[str], Any]] = {**_settings_from_target(), "batch": int}
@@ -135,7 +139,7 @@ def target_settings(target: Target) -> dict[str, str]:
     """The query parameters that reproduce `target` on the device (the client's half of `parse_settings`)."""
     query = {}
     for name in SETTINGS:
-        value = target.input_shape[0] if name == "batch" else getattr(target, name)
+        value = target.input_shape[0] if name == "batch" else target.settings()[name]
         if isinstance(value, bool):
             query[name] = "true" if value else "false"
         elif isinstance(value, float):
@@ -172,7 +176,7 @@ def parse_settings(query: str) -> dict[str, Any]:
 def _target(settings: dict[str, Any], input_shape: tuple[int, ...]) -> Target:
     fields = {k: v for k, v in settings.items() if k != "batch"}
     try:
-        target = Target(input_shape=input_shape, **fields)  # type: ignore[arg-type]
+        target = Target.from_settings(input_shape, **fields)
         target.require_provider_here()
         return target
     except ConfigError as error:

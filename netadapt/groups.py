@@ -34,7 +34,10 @@ __all__ = [
     "candidate_widths",
     "lower_bound_spec",
     "prunable_groups",
+    "removable_blocks",
+    "removal_name",
     "require_group_of",
+    "without_block",
     "se_squeeze_for",
     "with_width",
 ]
@@ -187,3 +190,34 @@ def require_group_of(spec: NetSpec, group: ChannelGroup) -> None:
 def _with_expanded(block: BlockSpec, expanded: int) -> BlockSpec:
     squeeze = se_squeeze_for(expanded, block.se_squeeze) if block.se else 0
     return dataclasses.replace(block, expanded=expanded, se_squeeze=squeeze)
+
+
+# ------------------------------------------------------------ depth proposals
+def removable_blocks(spec: NetSpec) -> list[int]:
+    """Blocks that can be removed whole: residual ones (stride 1, input and output widths equal).
+
+    Without such a block the network computes what it computes with that
+    block's residual branch zeroed, so the removal keeps every other weight
+    and shape. At small inputs latency is mostly per-layer overhead, which
+    no channel cut removes; a removal does. A network keeps at least one block.
+    """
+    if len(spec.blocks) < 2:
+        return []
+    return [index for index, block in enumerate(spec.blocks) if block.residual]
+
+
+def removal_name(index: int) -> str:
+    """The proposal's name in `history.csv`: `remove[i]`."""
+    return f"remove[{index}]"
+
+
+def without_block(spec: NetSpec, index: int) -> NetSpec:
+    """The spec with block `index` removed (architecture only, no weights).
+
+    Raises:
+        ValueError: the block is not removable (see `removable_blocks`).
+    """
+    if index not in removable_blocks(spec):
+        raise ValueError(f"block {index} of {spec.name or 'the spec'} cannot be removed: only residual blocks "
+                         f"can (removable: {removable_blocks(spec)})")
+    return spec.replace(blocks=spec.blocks[:index] + spec.blocks[index + 1:])

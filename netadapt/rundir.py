@@ -27,6 +27,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -36,41 +37,154 @@ from mobilenetv3 import NetSpec
 from mobilenetv3.fileio import atomic_write_text
 from netadapt.errors import RunDirError
 
-__all__ = ["HISTORY_COLUMNS", "IterationNetwork", "RunDir"]
+__all__ = ["HISTORY_COLUMNS", "HistoryRow", "IterationNetwork", "RunDir", "SearchState"]
 
-# history.csv: one row per candidate (kind=candidate) and per iteration's
-# outcome (kind=base, iteration, final). Times are seconds.
-HISTORY_COLUMNS = [
-    "iteration",
-    "kind",  # base | candidate | iteration | final
-    "group",
-    "width_before",
-    "width_after",
-    "status",  # ok | chosen | failed | skipped | done
-    "reason",
-    "target_ms",  # the iteration's latency target L_i (calibrated scale)
-    "predicted_ms",  # calibrated prediction: the table's times the online calibration (what the search used)
-    "table_predicted_ms",  # the table's own prediction (its correction, no online calibration)
-    "measured_ms",  # whole network on the target: best of measure.repeats passes
-    "base_measured_ms",  # the base, measured in the same interleaved passes
-    "ratio_to_base",  # median over those passes of network / base: drift cancels
-    "steady_ms",  # ratio_to_base times the base's median figure so far: what calibrates the next predictions
-    "measured_spread_pct",  # (slowest - fastest) / fastest pass of measured_ms
-    "budget_margin_pct",  # how far under (+) or over (-) the budget the stop test found it
-    "holdout_acc",
-    "test_acc",
-    "seed",
-    "predict_s",  # lookup-table predictions for the width choice (without lut_measure_s)
-    "lut_measure_s",  # measuring table entries the width choice needed and the table lacked
-    "surgery_s",
-    "finetune_s",
-    "eval_s",
-    "export_s",
-    "measure_s",
-    "checkpoint",
-]
+@dataclass(frozen=True)
+class HistoryRow:
+    """One row of history.csv: a candidate (kind=candidate, control) or an iteration's outcome
+    (kind=base, iteration, final). Its fields, in order, are the file's columns; a field left
+    None is an empty cell. Times are seconds."""
+
+    iteration: int
+    kind: str  # base | candidate | control (the current network, fine-tuned as the candidates) | iteration | final
+    group: str | None = None  # the proposal: a channel group, remove[i] (a depth proposal) or control
+    width_before: int | None = None
+    width_after: int | None = None
+    status: str | None = None  # ok | chosen | failed | skipped | screened_out | done
+    reason: str | None = None
+    target_ms: float | None = None  # the iteration's latency target L_i (calibrated scale)
+    predicted_ms: float | None = None  # calibrated prediction: the table's times the online calibration (what the search used)
+    table_predicted_ms: float | None = None  # the table's own prediction (its correction, no online calibration)
+    measured_ms: float | None = None  # whole network on the target: best of measure.repeats passes
+    base_measured_ms: float | None = None  # the base, measured in the same interleaved passes
+    ratio_to_base: float | None = None  # median over those passes of network / base: drift cancels
+    steady_ms: float | None = None  # ratio_to_base times the base's median figure so far: what calibrates the next predictions
+    measured_spread_pct: float | None = None  # (slowest - fastest) / fastest pass of measured_ms
+    budget_margin_pct: float | None = None  # how far under (+) or over (-) the budget the stop test found it
+    holdout_acc: float | None = None
+    holdout_loss: float | None = None  # mean cross-entropy on the holdout
+    prescreen_acc: float | None = None  # the prescreen's score: after surgery and BatchNorm recalibration, no fine-tune
+    prescreen_loss: float | None = None
+    test_acc: float | None = None
+    seed: int | None = None
+    predict_s: float | None = None  # lookup-table predictions for the width choice (without lut_measure_s)
+    lut_measure_s: float | None = None  # measuring table entries the width choice needed and the table lacked
+    surgery_s: float | None = None
+    finetune_s: float | None = None
+    eval_s: float | None = None
+    export_s: float | None = None
+    measure_s: float | None = None
+    checkpoint: str | None = None
+
+    def with_fields(self, **changes: Any) -> "HistoryRow":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+HISTORY_COLUMNS = [f.name for f in dataclasses.fields(HistoryRow)]
 
 STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SearchState:
+    """state.json: where a search stands after its last commit, enough to resume it.
+
+    Read back with every field type-checked (`from_dict`), so a damaged or
+    hand-edited file is refused naming the file and the field, never used.
+    """
+
+    iteration: int  # the last committed iteration (0: the base)
+    base_ms: float  # the base's figure at the start: the reference of a ratio budget
+    base_predicted_ms: float  # the table's prediction of the base
+    budget_ms: float
+    measured_ms: float  # the current network's figure
+    predicted_ms: float  # its calibrated prediction
+    holdout_acc: float
+    finished: bool = False
+    stop_reason: str | None = None
+    base_figures: tuple[float, ...] = ()  # the base's figure at the start and beside every winner
+    holdout_loss: float | None = None
+    # The reason, when the committed iteration met the budget: a run killed before its end was
+    # recorded then finishes on resume instead of cutting again.
+    budget_met: str | None = None
+    calibration: tuple[tuple[float, float], ...] = ()  # the online calibration's (table ms, measured ms) points
+
+    def with_fields(self, **changes: Any) -> "SearchState":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["base_figures"] = list(self.base_figures)
+        data["calibration"] = [list(point) for point in self.calibration]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "state.json") -> "SearchState":
+        """Check every field's type and range; `where` (the file) starts every message.
+
+        Raises:
+            RunDirError: a missing, unknown or malformed field, named.
+        """
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise RunDirError(f"{where}: unknown field(s) {_short(unknown)}; a netadapt run state has {sorted(fields)}")
+        missing = sorted(name for name, f in fields.items() if f.default is dataclasses.MISSING and name not in data)
+        if missing:
+            raise RunDirError(f"{where}: missing field(s) {missing}")
+
+        def number(name: str, positive: bool = True) -> float:
+            value = data[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or (positive and value <= 0):
+                raise RunDirError(f"{where}: {name} must be a finite {'positive ' if positive else ''}number, "
+                                  f"got {_short(value)}")
+            return float(value)
+
+        def text(name: str) -> str | None:
+            value = data.get(name)
+            if value is not None and not isinstance(value, str):
+                raise RunDirError(f"{where}: {name} must be text or null, got {_short(value)}")
+            return value
+
+        iteration = data["iteration"]
+        if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
+            raise RunDirError(f"{where}: iteration must be an integer >= 0, got {_short(iteration)}")
+        finished = data.get("finished", False)
+        if not isinstance(finished, bool):
+            raise RunDirError(f"{where}: finished must be true or false, got {_short(finished)}")
+        accuracy = number("holdout_acc", positive=False)
+        if not 0 <= accuracy <= 1:
+            raise RunDirError(f"{where}: holdout_acc must be in [0, 1], got {_short(accuracy)}")
+        loss = None if data.get("holdout_loss") is None else number("holdout_loss", positive=False)
+        figures = data.get("base_figures", [])
+        points = data.get("calibration", [])
+        if not isinstance(figures, list) or not all(_positive(v) for v in figures):
+            raise RunDirError(f"{where}: base_figures must be a list of finite positive numbers, got {_short(figures)}")
+        if not isinstance(points, list) or not all(isinstance(p, list) and len(p) == 2 and all(map(_positive, p))
+                                                   for p in points):
+            raise RunDirError(f"{where}: calibration must be a list of [table ms, measured ms] pairs of finite "
+                              f"positive numbers, got {_short(points)}")
+        return cls(
+            iteration=iteration, base_ms=number("base_ms"), base_predicted_ms=number("base_predicted_ms"),
+            budget_ms=number("budget_ms"), measured_ms=number("measured_ms"), predicted_ms=number("predicted_ms"),
+            holdout_acc=accuracy, finished=finished, stop_reason=text("stop_reason"),
+            base_figures=tuple(float(v) for v in figures), holdout_loss=loss, budget_met=text("budget_met"),
+            calibration=tuple((float(a), float(b)) for a, b in points),
+        )
+
+
+def _positive(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A value for an error message: its repr, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -133,20 +247,25 @@ class RunDir:
             raise RunDirError(f"{self.path}: not a run directory (no config.yaml)")
 
     # ------------------------------------------------------------------ state
-    def read_state(self) -> dict[str, Any] | None:
-        """The last committed state, or None before the base is committed."""
+    def read_state(self) -> SearchState | None:
+        """The last committed state, or None before the base is committed.
+
+        Raises:
+            RunDirError: the file is unreadable, not JSON, of another version, or a field is malformed.
+        """
         if not self.state_path.exists():
             return None
         try:
-            state = json.loads(self.state_path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise RunDirError(f"{self.state_path}: unreadable run state ({error})") from None
+            state = json.loads(self.state_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise RunDirError(f"{self.state_path}: unreadable run state ({_short(str(error), 200)})") from None
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise RunDirError(f"{self.state_path}: not a netadapt run state of version {STATE_VERSION}")
-        return state
+        return SearchState.from_dict({k: v for k, v in state.items() if k != "version"}, str(self.state_path))
 
-    def write_state(self, state: dict[str, Any]) -> None:
-        atomic_write_text(self.state_path, json.dumps({"version": STATE_VERSION, **state}, indent=2) + "\n")
+    def write_state(self, state: SearchState) -> None:
+        atomic_write_text(self.state_path,
+                          json.dumps({"version": STATE_VERSION, **state.to_dict()}, indent=2) + "\n")
 
     # ---------------------------------------------------------------- history
     def read_history(self) -> pd.DataFrame:
@@ -167,12 +286,12 @@ class RunDir:
         atomic_write_text(self.history_path, buffer.getvalue())
 
     def append_history(
-        self, rows: list[dict[str, Any]], keep_through_iteration: int | None = None, drop_final: bool = False
+        self, rows: list[HistoryRow], keep_through_iteration: int | None = None, drop_final: bool = False
     ) -> None:
         """Rewrite history.csv with `rows` appended.
 
         Args:
-            rows: new rows (keys from HISTORY_COLUMNS).
+            rows: new rows.
             keep_through_iteration: drop existing rows of later iterations first
                 (left over from an iteration that was killed before its commit).
             drop_final: drop existing rows of kind "final" first.
@@ -183,7 +302,7 @@ class RunDir:
         if drop_final and len(frame):
             frame = frame[frame["kind"] != "final"]
         if rows:
-            new = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+            new = pd.DataFrame([row.to_dict() for row in rows], columns=HISTORY_COLUMNS)
             frame = new if frame.empty else pd.concat([frame, new], ignore_index=True)
         self.write_history(frame)
 

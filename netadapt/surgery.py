@@ -42,13 +42,14 @@ from torch import nn
 
 from mobilenetv3 import MobileNetV3, NetSpec, build
 from mobilenetv3.spec import BlockSpec
-from netadapt.groups import STEM, ChannelGroup, require_group_of, with_width
+from netadapt.groups import STEM, ChannelGroup, require_group_of, with_width, without_block
 
 __all__ = [
     "ChannelSelector",
     "l2_norm_selection",
     "prune",
     "prune_indices",
+    "remove_block",
     "se_squeeze_selection",
 ]
 
@@ -306,6 +307,49 @@ def prune_indices(
     for name, module in new_model.named_modules():
         # Per module, not model-wide: a caller may hold some BN layers in eval.
         module.training = old_modules[name].training
+    return new_model, new_spec
+
+
+def remove_block(model: MobileNetV3, spec: NetSpec, index: int) -> tuple[MobileNetV3, NetSpec]:
+    """Remove residual block `index`, carrying every other weight over unchanged.
+
+    Exact: the new model computes what `model` computes with that block's
+    residual branch zeroed (its output is then its input).
+
+    Returns:
+        A new model built from `groups.without_block(spec, index)` (same
+        device, dtype, modes and `requires_grad`), and that spec.
+
+    Raises:
+        ValueError: the block is not removable, or `model` was not built from `spec`.
+    """
+    _check_model(model, spec)
+    new_spec = without_block(spec, index)
+    removed = f"features.{index + 1}."
+    new_state = {}
+    for key, tensor in model.state_dict().items():
+        if key.startswith(removed):
+            continue
+        if key.startswith("features."):
+            position, rest = key[len("features."):].split(".", 1)
+            if int(position) > index + 1:  # the blocks after it and the last conv move up by one
+                key = f"features.{int(position) - 1}.{rest}"
+        new_state[key] = tensor
+    reference = next(model.parameters())
+    new_model = build(new_spec).to(device=reference.device, dtype=reference.dtype)
+    new_model.load_state_dict(new_state, strict=True)
+
+    def old_name(name: str) -> str:  # the module or parameter of `model` that `name` of the new model came from
+        parts = name.split(".")
+        if len(parts) > 1 and parts[0] == "features" and int(parts[1]) >= index + 1:
+            parts[1] = str(int(parts[1]) + 1)
+        return ".".join(parts)
+
+    old_parameters, old_modules = dict(model.named_parameters()), dict(model.named_modules())
+    for name, parameter in new_model.named_parameters():
+        parameter.requires_grad_(old_parameters[old_name(name)].requires_grad)
+    for name, module in new_model.named_modules():
+        module.training = old_modules[old_name(name)].training
     return new_model, new_spec
 
 

@@ -44,10 +44,14 @@ __all__ = [
     "TrainingDiverged",
     "base_spec",
     "model_spec",
+    "Scores",
+    "distillation_loss",
     "evaluate",
+    "evaluate_scores",
     "finetune",
     "load_checkpoint",
     "recalibrate_batchnorm",
+    "torch_threads",
     "save_checkpoint",
     "train",
     "train_base",
@@ -89,6 +93,7 @@ def train(
     steps: int,
     seed: int,
     progress: bool = True,
+    teacher: torch.nn.Module | None = None,
 ) -> TrainStats:
     """Train `model` in place: SGD with Nesterov momentum, warmup then cosine decay.
 
@@ -100,6 +105,7 @@ def train(
         steps: optimiser steps.
         seed: seeds batch sampling, augmentation and dropout.
         progress: show a tqdm bar.
+        teacher: distil from this network when `config.distill_alpha` > 0 (see `finetune`).
 
     Returns:
         Steps, images, wall time, images/s, data-loading time and final loss.
@@ -115,7 +121,25 @@ def train(
         progress_ = (step - warmup) / max(1, steps - warmup)
         return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress_))
 
-    return _run(model, split, config, steps, seed, schedule, progress, "train")
+    return _run(model, split, config, steps, seed, schedule, progress, "train",
+                teacher if config.distill_alpha > 0 else None)
+
+
+def distillation_loss(
+    logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, alpha: float, temperature: float,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """(1 - alpha) * cross-entropy + alpha * T^2 * KL(teacher || student), both softened at T (Hinton et al.).
+
+    T^2 keeps the soft term's gradients on the scale of the hard one's as T
+    changes. alpha 0 is the plain (label-smoothed) cross-entropy.
+    """
+    hard = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    if alpha == 0:
+        return hard
+    soft = F.kl_div(F.log_softmax(logits / temperature, dim=1), F.log_softmax(teacher_logits / temperature, dim=1),
+                    reduction="batchmean", log_target=True)
+    return (1.0 - alpha) * hard + alpha * temperature**2 * soft
 
 
 def finetune(
@@ -125,11 +149,15 @@ def finetune(
     config: TrainConfig,
     seed: int,
     progress: bool = False,
+    teacher: torch.nn.Module | None = None,
 ) -> TrainStats:
     """NetAdapt's short-term fine-tune: `steps` steps at the constant `config.finetune_lr`.
 
     Same machinery as `train` (sampling, augmentation, determinism), without a
     schedule: a few dozen steps are too few for warmup or decay to matter.
+    With a `teacher` (the base network) and `config.distill_alpha` > 0, the
+    loss is `distillation_loss` against the teacher's logits on the same
+    augmented images: a pruned network recovers towards what the base knew.
 
     Args:
         model: the candidate network, trained in place.
@@ -138,18 +166,30 @@ def finetune(
         config: batch size, `finetune_lr`, momentum, weight decay, augmentation.
         seed: seeds batch sampling, augmentation and dropout.
         progress: show a tqdm bar (off by default: the search shows its own).
+        teacher: the network to distil from; used only when `config.distill_alpha` > 0.
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite.
     """
-    return _run(model, split, config, steps, seed, lambda step: config.finetune_lr, progress, "finetune")
+    return _run(model, split, config, steps, seed, lambda step: config.finetune_lr, progress, "finetune",
+                teacher if config.distill_alpha > 0 else None)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """How well a network classifies a split: top-1 accuracy in [0, 1] and mean cross-entropy (nats)."""
+
+    accuracy: float
+    loss: float
 
 
 @torch.no_grad()
-def evaluate(model: MobileNetV3, split: Split, batch_size: int = 512, progress: bool = False) -> float:
-    """Top-1 accuracy of `model` on `split`, in [0, 1].
+def evaluate_scores(model: MobileNetV3, split: Split, batch_size: int = 512, progress: bool = False) -> Scores:
+    """Top-1 accuracy and mean cross-entropy of `model` on `split`, in one pass.
 
-    Runs in eval mode without gradients and restores the model's previous mode.
+    The loss is a smoother score than accuracy on a small holdout: it moves
+    with every image's confidence, not only with the ones that flip. Runs in
+    eval mode without gradients and restores the model's previous mode.
 
     Args:
         model: the network.
@@ -161,15 +201,22 @@ def evaluate(model: MobileNetV3, split: Split, batch_size: int = 512, progress: 
         raise ValueError("evaluate() needs a non-empty split")
     was_training = model.training
     model.eval()
-    correct = 0
+    correct, loss = 0, 0.0
     try:
         starts = range(0, len(split), batch_size)
         for start in tqdm(starts, desc="evaluate", unit="batch", disable=not progress, leave=False):
+            labels = split.labels[start : start + batch_size]
             logits = model(split.images[start : start + batch_size])
-            correct += int((logits.argmax(dim=1) == split.labels[start : start + batch_size]).sum())
+            correct += int((logits.argmax(dim=1) == labels).sum())
+            loss += float(F.cross_entropy(logits, labels, reduction="sum"))
     finally:
         model.train(was_training)
-    return correct / len(split)
+    return Scores(accuracy=correct / len(split), loss=loss / len(split))
+
+
+def evaluate(model: MobileNetV3, split: Split, batch_size: int = 512, progress: bool = False) -> float:
+    """Top-1 accuracy of `model` on `split`, in [0, 1] (`evaluate_scores(...).accuracy`)."""
+    return evaluate_scores(model, split, batch_size, progress).accuracy
 
 
 def _run(
@@ -181,6 +228,7 @@ def _run(
     lr_at: Callable[[int], float],
     progress: bool,
     description: str,
+    teacher: torch.nn.Module | None = None,
 ) -> TrainStats:
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -204,7 +252,9 @@ def _run(
     recent: list[float] = []
     data_seconds = 0.0
     model.train()
-    with _threads(config.threads):
+    if teacher is not None:
+        teacher.eval()  # its running BatchNorm statistics, no dropout
+    with torch_threads(config.threads):
         start = time.perf_counter()
         bar = tqdm(total=steps, desc=description, unit="step", disable=not progress, leave=progress)
         try:
@@ -215,7 +265,13 @@ def _run(
                 data_start = time.perf_counter()
                 images, labels = next(batches)
                 data_seconds += time.perf_counter() - data_start
-                loss = F.cross_entropy(model(images), labels, label_smoothing=config.label_smoothing)
+                if teacher is None:
+                    loss = F.cross_entropy(model(images), labels, label_smoothing=config.label_smoothing)
+                else:
+                    with torch.no_grad():
+                        teacher_logits = teacher(images)
+                    loss = distillation_loss(model(images), teacher_logits, labels, config.distill_alpha,
+                                             config.distill_temperature, config.label_smoothing)
                 value = loss.item()
                 if not math.isfinite(value):
                     raise TrainingDiverged(
@@ -247,21 +303,26 @@ def _run(
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: MobileNetV3, split: Split, images: int = 1024, batch_size: int = 512) -> None:
-    """Recompute every BatchNorm's running mean and variance on the first `images` of `split`.
+def recalibrate_batchnorm(model: MobileNetV3, split: Split, images: int = 1024, batch_size: int = 512,
+                          seed: int = 0) -> None:
+    """Recompute every BatchNorm's running mean and variance on `images` images of `split`, drawn at random.
 
     With MobileNetV3's BN momentum of 0.01 the running statistics trail the
     weights by ~100 steps, so a short run (a NetAdapt fine-tune of a few dozen
     steps after surgery changed a layer's inputs) is evaluated with stale
     statistics. An exact average over a few batches fixes that for the cost of
-    a few forward passes (as OFA does for its sub-networks). Deterministic: no
-    sampling, no augmentation; dropout is active but does not reach any BN.
+    a few forward passes (as OFA does for its sub-networks). The images are a
+    seeded random subset, not the first ones: a `folder` data set is sorted by
+    class, so its first thousand images are one or two classes. Deterministic
+    for a seed, and every candidate recalibrates on the same images; no
+    augmentation; dropout is active but does not reach any BN.
 
     Args:
         model: the network, updated in place; left in train mode.
         split: the training images.
         images: how many images to average over.
         batch_size: images per forward pass.
+        seed: draws the subset.
     """
     norms = [module for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -272,8 +333,10 @@ def recalibrate_batchnorm(model: MobileNetV3, split: Split, images: int = 1024, 
         norm.momentum = None  # None: cumulative average over the batches seen
     model.train()
     try:
-        for start in range(0, min(images, len(split)), batch_size):
-            model(split.images[start : min(start + batch_size, images)])
+        chosen = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[: min(images, len(split))]
+        chosen = chosen.sort().values  # the same images in storage order: memory-friendly gathers
+        for start in range(0, len(chosen), batch_size):
+            model(split.images[chosen[start : start + batch_size]])
     finally:
         for norm, momentum in zip(norms, momenta):
             norm.momentum = momentum
@@ -311,7 +374,7 @@ def _random_crop(images: torch.Tensor, padding: int, generator: torch.Generator)
 
 
 @contextmanager
-def _threads(threads: int) -> Iterator[None]:
+def torch_threads(threads: int) -> Iterator[None]:
     """Use `threads` intra-op threads inside the block (0: leave torch's setting), then restore."""
     previous = torch.get_num_threads()
     if threads > 0:
@@ -461,7 +524,7 @@ def train_base(
         f"trained {stats.steps} steps in {stats.seconds:.1f} s: {stats.images_per_second:.0f} images/s, "
         f"data loading {100 * stats.data_share:.1f}% of the time, final loss {stats.final_loss:.3f}"
     )
-    with _threads(config.train.threads):
+    with torch_threads(config.train.threads):
         holdout = evaluate(model, dataset.holdout, config.train.eval_batch_size)
         test = evaluate(model, dataset.test, config.train.eval_batch_size, progress=progress)
     log(f"accuracy: holdout {100 * holdout:.2f}%, test {100 * test:.2f}%")

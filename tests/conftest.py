@@ -138,7 +138,9 @@ model: {{spec: {spec_path}}}
 data: {{resolution: 32, holdout: 200}}
 train: {{steps: 60, batch_size: 64, lr: 0.3, label_smoothing: 0.0, finetune_lr: 0.01, threads: 1, bn_recalibration: 256}}
 measure: {{warmup_runs: 3, min_runs: 10, min_seconds: 0.02}}
-search: {{finetune_steps: 2, max_iterations: 3, initial_reduction: 0.02, decay: 1.0}}
+# Depth proposals off: removing the big residual block could meet the budgets these
+# tests set out of reach of channel cuts; their own tests turn them on.
+search: {{finetune_steps: 2, max_iterations: 3, initial_reduction: 0.02, decay: 1.0, depth_proposals: false}}
 # No drift check: the resume test compares two runs on this one table, and a
 # re-measure between them would change the table under the second.
 lut: {{table: {root / 'lut.csv'}, drift_check: 'off'}}

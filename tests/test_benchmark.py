@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -69,7 +70,7 @@ def test_summarize_refuses_no_runs():
 
 
 def test_measure_tiny_model_respects_min_runs(tiny_onnx):
-    result = measure(tiny_onnx, Target(input_shape=SHAPE, **FAST))
+    result = measure(tiny_onnx, Target.from_settings(SHAPE, **FAST))
     assert result.runs >= 12
     assert 0 < result.min_ms <= result.p10_ms <= result.median_ms <= result.p90_ms
     assert result.mean_ms > 0 and result.cv >= 0
@@ -78,43 +79,63 @@ def test_measure_tiny_model_respects_min_runs(tiny_onnx):
 
 def test_measure_runs_until_min_seconds(tiny_onnx):
     # With min_runs=1 only the time floor can keep it going past one run.
-    result = measure(tiny_onnx, Target(input_shape=SHAPE, warmup_runs=0, min_runs=1, min_seconds=0.05))
+    result = measure(tiny_onnx, Target.from_settings(SHAPE, warmup_runs=0, min_runs=1, min_seconds=0.05))
     assert result.runs > 1
     assert result.mean_ms * result.runs >= 0.05 * 1e3 * 0.99
 
 
 def test_measure_stops_at_max_runs(tiny_onnx):
-    result = measure(tiny_onnx, Target(input_shape=SHAPE, warmup_runs=0, min_runs=5, min_seconds=60.0, max_runs=7))
+    result = measure(tiny_onnx, Target.from_settings(SHAPE, warmup_runs=0, min_runs=5, min_seconds=60.0, max_runs=7))
     assert result.runs == 7
 
 
 def test_fingerprint_is_stable_json_and_names_the_settings():
-    a = Target(threads=1, optimization_level="all")
+    a = Target.from_settings(threads=1, optimization_level="all")
     fingerprint = a.fingerprint()
     assert json.loads(json.dumps(fingerprint)) == fingerprint
-    assert fingerprint == Target(threads=1, min_runs=3).fingerprint()  # measuring settings are not the target
+    assert fingerprint == Target.from_settings(threads=1, min_runs=3).fingerprint()  # measuring settings are not the target
     for key in ("cpu", "cores", "onnxruntime", "provider", "threads", "optimization_level"):
         assert key in fingerprint
-    assert Target(threads=2).fingerprint() != fingerprint
-    assert Target(optimization_level="basic").fingerprint() != fingerprint
+    assert Target.from_settings(threads=2).fingerprint() != fingerprint
+    assert Target.from_settings(optimization_level="basic").fingerprint() != fingerprint
 
 
 def test_target_from_config_and_validation():
     target = Target.from_config(
         TargetConfig(threads=2, optimization_level="extended", batch=4), MeasureConfig(min_runs=7), (1, 3, 64, 64)
     )
-    assert target.threads == 2 and target.optimization_level == "extended"
-    assert target.input_shape == (4, 3, 64, 64) and target.min_runs == 7
+    assert target.session.threads == 2 and target.session.optimization_level == "extended"
+    assert target.input_shape == (4, 3, 64, 64) and target.measuring.min_runs == 7
     # A provider only a remote device has is a valid target description ...
-    remote_only = Target(provider="NoSuchProvider")
+    remote_only = Target.from_settings(provider="NoSuchProvider")
     # ... but measuring here refuses it, naming it.
     with pytest.raises(ConfigError, match="NoSuchProvider"):
         LocalMeasurer(remote_only)
     with pytest.raises(ConfigError, match="optimization_level"):
-        Target(optimization_level="max")
+        Target.from_settings(optimization_level="max")
     with pytest.raises(ConfigError, match="priority"):
-        Target(priority="urgent")
-    assert Target(priority="realtime").fingerprint() == Target().fingerprint()  # precision, not the target
+        Target.from_settings(priority="urgent")
+    assert Target.from_settings(priority="realtime").fingerprint() == Target().fingerprint()  # precision, not the target
+
+
+def test_target_is_composed_of_the_config_sections_it_copies():
+    session, measuring = TargetConfig(threads=2), MeasureConfig(min_runs=9)
+    target = Target.from_config(session, measuring, (1, 3, 32, 32))
+    # The config sections own every setting: Target declares only the input shape beside them.
+    assert [f.name for f in dataclasses.fields(Target)] == ["input_shape", "session", "measuring"]
+    assert isinstance(target.session, TargetConfig) and isinstance(target.measuring, MeasureConfig)
+    session.threads, measuring.min_runs = 7, 1  # a config changed later does not reach the target
+    assert target.session.threads == 2 and target.measuring.min_runs == 9
+    assert target.session.batch == target.input_shape[0] == 1
+    assert Target.from_settings((4, 3, 32, 32)).session.batch == 4  # the batch follows the input
+    # Flat settings are routed to the section that owns them; an unknown name is refused by name.
+    assert target.with_settings(threads=3, windows=2).settings() == {**target.settings(), "threads": 3, "windows": 2}
+    with pytest.raises(ConfigError, match="'thread'"):
+        target.with_settings(thread=3)
+    with pytest.raises(ConfigError, match="measure.windows"):
+        target.with_settings(windows=0)
+    with pytest.raises(ConfigError, match="target.threads"):
+        Target.from_settings(threads=-1)
 
 
 @pytest.mark.parametrize("priority", ["high", "realtime"])
@@ -124,13 +145,13 @@ def test_scheduling_priority_is_restored(priority, tiny_onnx):
         warnings.simplefilter("ignore")  # without root it warns and measures at normal priority
         with scheduling_priority(priority):
             pass
-        result = measure(tiny_onnx, Target(input_shape=SHAPE, priority=priority, **FAST))
+        result = measure(tiny_onnx, Target.from_settings(SHAPE, priority=priority, **FAST))
     assert result.runs >= 12
     assert os.sched_getscheduler(0) == policy and os.getpriority(os.PRIO_PROCESS, 0) == nice
 
 
 def test_local_measurer_is_a_measurer_and_measures_specs(tiny_spec):
-    measurer = LocalMeasurer(Target(input_shape=SHAPE, **FAST))
+    measurer = LocalMeasurer(Target.from_settings(SHAPE, **FAST))
     assert isinstance(measurer, Measurer)
     result = measure_spec(tiny_spec, measurer, SHAPE)
     assert isinstance(result, Measurement) and result.fingerprint == measurer.fingerprint()

@@ -36,6 +36,14 @@ def test_resolved_config_round_trips(tmp_path):
         (["data.mean=0.5"], "data.mean must be a list"),
         (["train"], "expected key=value"),
         (["train=3"], "train must be a mapping"),
+        # The target and measure sections check their own ranges at load time.
+        (["target.threads=-1"], "--set: target.threads must be an integer >= 0"),
+        (["measure.windows=0"], "--set: measure.windows must be an integer >= 1"),
+        (["measure.min_runs=5", "measure.max_runs=4"], r"measure.max_runs must be an integer >= measure.min_runs \(5\)"),
+        (["measure.min_seconds=.inf"], "measure.min_seconds must be a finite number"),
+        (["measure.min_seconds=.nan"], "measure.min_seconds must be a finite number"),
+        (["target.retries=-1"], "target.retries must be an integer >= 0"),
+        (["target.timeout_s=.nan"], "target.timeout_s must be a finite number > 0"),
     ],
 )
 def test_bad_overrides_name_the_key(overrides, message):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from netadapt.config import DataConfig
-from netadapt.data import EMBEDDED_PATH, build_embedded_subset, load_dataset, read_idx
+from netadapt.data import EMBEDDED_PATH, build_embedded_subset, holdout_size, load_dataset, read_idx
 from netadapt.errors import ConfigError, DataError
 
 
@@ -140,6 +140,14 @@ def test_holdout_split_is_deterministic_and_disjoint(tmp_path):
     assert len(train_rows) == 50 and len(holdout_rows) == 10 and not train_rows & holdout_rows
     other = load_dataset(fashion_config(root, split_seed=1))
     assert not torch.equal(other.holdout.images, first.holdout.images)
+
+
+def test_the_automatic_holdout_grows_with_the_training_set():
+    automatic = DataConfig()
+    assert automatic.holdout is None
+    # A twelfth of the training images, within [1000, 5000]: 5,000 of full Fashion-MNIST's 60,000.
+    assert [holdout_size(automatic, n) for n in (8000, 24000, 60000, 600000)] == [1000, 2000, 5000, 5000]
+    assert holdout_size(DataConfig(holdout=77), 60000) == 77  # an explicit size is kept
 
 
 def test_holdout_larger_than_training_set_is_refused(tmp_path):

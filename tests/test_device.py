@@ -31,7 +31,7 @@ from netadapt.onnx_export import onnx_bytes
 from netadapt.remote import RemoteMeasurer, parse_device
 
 TOKEN = "test-token-0123456789"
-LIGHT = Target(input_shape=(1, 1, 32, 32), warmup_runs=1, min_runs=3, min_seconds=0.01)
+LIGHT = Target.from_settings((1, 1, 32, 32), warmup_runs=1, min_runs=3, min_seconds=0.01)
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -152,7 +152,7 @@ def test_every_target_setting_travels_to_the_device():
     query = urlencode(target_settings(target))
     settings = parse_settings(query)
     assert settings.pop("batch") == target.input_shape[0]
-    assert Target(input_shape=target.input_shape, **settings) == target
+    assert Target.from_settings(target.input_shape, **settings) == target
 
 
 def test_health_check_without_token_shows_no_fingerprint(server):
@@ -423,7 +423,7 @@ def test_make_measurer_picks_local_or_remote(tmp_path, monkeypatch):
     )
     assert isinstance(remote, RemoteMeasurer)
     assert (remote.host, remote.port, remote.token, remote.retries) == ("127.0.0.1", 8765, "from-file", 1)
-    assert remote.target.threads == 2 and remote.target.min_runs == 5
+    assert remote.target.session.threads == 2 and remote.target.measuring.min_runs == 5
     assert "from-file" not in repr(remote)
     with pytest.raises(ConfigError, match="target.token_file"):
         make_measurer(TargetConfig(device="remote://h:1", token_file=str(tmp_path / "missing")), MeasureConfig(), shape)

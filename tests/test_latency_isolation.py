@@ -19,7 +19,7 @@ FAST = dict(warmup_runs=1, min_runs=3, min_seconds=0.0)
 
 
 def test_isolated_measurer_measures_in_another_process_with_the_same_fingerprint(tiny_spec):
-    target = Target(input_shape=SHAPE, **FAST)
+    target = Target.from_settings(SHAPE, **FAST)
     model = onnx_bytes(m.build(tiny_spec), SHAPE)
     with IsolatedMeasurer(target) as measurer:
         assert measurer._process.pid != os.getpid() and measurer._process.poll() is None
@@ -32,7 +32,7 @@ def test_isolated_measurer_measures_in_another_process_with_the_same_fingerprint
 
 
 def test_a_model_the_child_cannot_run_is_a_clear_error():
-    with IsolatedMeasurer(Target(input_shape=SHAPE, **FAST)) as measurer:
+    with IsolatedMeasurer(Target.from_settings(SHAPE, **FAST)) as measurer:
         with pytest.raises(MeasuringProcessError, match="measuring failed in the measuring process"):
             measurer.measure(b"not an onnx model")
         # The process survives a bad model and measures the next one.

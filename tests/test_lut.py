@@ -14,7 +14,7 @@ from mobilenetv3 import count
 from netadapt.benchmark import LocalMeasurer, Measurement, Target, cpu_model, measure_best_of, summarize
 from netadapt.cli.main import main
 from netadapt.errors import LatencyTableError
-from netadapt.groups import candidate_widths, lower_bound_spec, prunable_groups
+from netadapt.groups import candidate_widths, lower_bound_spec, prunable_groups, removable_blocks, without_block
 from netadapt.latency.correction import leave_one_out_rms as _leave_one_out_rms
 from netadapt.latency import (
     FORMS,
@@ -43,7 +43,7 @@ class CountingMeasurer:
     """A Measurer that counts calls and can fail after a number of them (a killed build)."""
 
     def __init__(self, fingerprint_extra: dict | None = None, fail_after: int | None = None) -> None:
-        self.inner = LocalMeasurer(Target(input_shape=SHAPE, **FAST))
+        self.inner = LocalMeasurer(Target.from_settings(SHAPE, **FAST))
         self.extra = fingerprint_extra or {}
         self.fail_after = fail_after
         self.calls = 0
@@ -176,6 +176,31 @@ def test_fill_measures_units_in_random_order_and_files_each_under_its_key(tmp_pa
     assert sorted(measurer.asked) == sorted(first_seen) and measurer.asked != first_seen
     for unit in todo:
         assert table.entry_ms(unit) == pytest.approx(len(unit_onnx(unit, 1)) / 1000)
+
+
+def test_a_removed_block_is_predicted_from_the_entries_already_there(tmp_path, tiny_spec, size_measurer):
+    table = LatencyTable.open(tmp_path / "lut.csv", size_measurer(), SHAPE, reference_units=0)
+    table.fill([tiny_spec], progress=False)
+    assert removable_blocks(tiny_spec) == [0, 2]
+    for index in removable_blocks(tiny_spec):
+        removed = without_block(tiny_spec, index)
+        # Every other unit keeps its shapes, so the removal needs no new measurement ...
+        assert table.missing([removed]) == []
+        # ... and saves exactly the removed block's entry.
+        (block_unit,) = [unit for unit in units_of(tiny_spec, SHAPE) if unit not in units_of(removed, SHAPE)]
+        assert table.raw_sum_ms(tiny_spec) - table.raw_sum_ms(removed) == pytest.approx(table.entry_ms(block_unit))
+    # A correction fitted on the full-depth family (here on made-up whole figures, 0.9 x sum - 0.05 ms)
+    # is lent to the shallower spec, with the offset scaled to its unit count: one session overhead less.
+    family = [tiny_spec, tiny_spec.replace(last_conv=32), tiny_spec.replace(head_hidden=16),
+              tiny_spec.replace_block(2, expanded=24)]
+    figures = [0.9 * table.raw_sum_ms(spec) - 0.05 for spec in family]
+    correction = table.fit_correction(family, measured=[summarize([ms]) for ms in figures])
+    assert correction.units == len(units_of(tiny_spec, SHAPE)) == 6 and correction.offset_ms == pytest.approx(-0.05)
+    removed = without_block(tiny_spec, 2)
+    assert table.correction_for(removed) == correction and table.correction_specs(removed) == 0
+    expected = 0.9 * table.raw_sum_ms(removed) - 0.05 * (5 - 1) / (6 - 1)
+    assert table.predict_ms(removed) == pytest.approx(expected, rel=1e-6)
+    assert table.predict_ms(tiny_spec) == pytest.approx(0.9 * table.raw_sum_ms(tiny_spec) - 0.05, rel=1e-6)
 
 
 def test_remeasure_keeps_each_entrys_best(tmp_path, tiny_spec):
@@ -442,15 +467,19 @@ def test_lut_cli_build_predict_validate(tmp_path, capsys):
     assert main(["lut", "predict", *flags]) == 0
     assert "0 entries measured on demand" in capsys.readouterr().out
     rows = tmp_path / "val.csv"
-    assert main(["lut", "validate", *flags, "--samples", "2", "--trajectory", "3", "--out", str(rows),
-                 "--network-seconds", "0.01"]) == 0
+    assert main(["lut", "validate", *flags, "--samples", "2", "--trajectory", "3", "--removals", "2", "--out",
+                 str(rows), "--network-seconds", "0.01"]) == 0
     out = capsys.readouterr().out
     assert "2 random cuts: median |error|" in out and "3 trajectory networks: median |error|" in out
+    assert "2 networks with blocks removed: median |error|" in out
     assert "within 5%" in out and "Spearman" in out
     import pandas as pd
 
     frame = pd.read_csv(rows)
-    assert list(frame["kind"]) == ["random"] * 2 + ["trajectory"] * 3
+    assert list(frame["kind"]) == ["random"] * 2 + ["trajectory"] * 3 + ["removal"] * 2
+    base_blocks = len(m.small(width=0.35, num_classes=1000).blocks)
+    removed = [json.loads(spec)["blocks"] for spec in frame.loc[frame["kind"] == "removal", "spec"]]
+    assert all(1 <= base_blocks - len(blocks) <= 3 for blocks in removed)
     assert {"predicted_ms", "measured_ms", "error_pct"} <= set(frame.columns)
 
 
@@ -481,7 +510,7 @@ def test_predict_full_large_within_10_percent_of_measured(tmp_path):
     # (interleaved, best of three passes), so a burst of load on a shared CI
     # box moves both sides of the comparison alike.
     shape = (1, 3, 224, 224)
-    target = Target(input_shape=shape, warmup_runs=3, min_runs=20, min_seconds=0.2, windows=5, priority="realtime")
+    target = Target.from_settings(shape, warmup_runs=3, min_runs=20, min_seconds=0.2, windows=5, priority="realtime")
     measurer = LocalMeasurer(target)
     table = LatencyTable.open(tmp_path / "lut.csv", measurer, shape)
     base = m.large()

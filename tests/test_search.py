@@ -17,12 +17,21 @@ import torch
 
 from netadapt.errors import ConfigError, SearchError
 from netadapt.executor import CandidateResult, CandidateTask, LocalExecutor, evaluate_candidate
-from netadapt.groups import ChannelGroup, candidate_widths, lower_bound_spec, prunable_groups
+from netadapt.groups import (
+    ChannelGroup,
+    candidate_widths,
+    lower_bound_spec,
+    prunable_groups,
+    removable_blocks,
+    without_block,
+)
 from netadapt.rundir import RunDir
 from netadapt.search import (
+    allowed_widths,
     choose_width,
     latency_reduction,
     plan_iteration,
+    prescreen_top,
     run_search,
     select_proposal,
 )
@@ -69,24 +78,55 @@ def test_plan_halves_the_reduction_until_enough_groups_can_meet_it(tiny_spec):
     assert [(g.name, c[0]) for g, c in fixed.choices if c] == [("last_conv", 32)]
 
     # Halving: at 1.5 and 0.75 ms still only the last conv; at 0.375 ms
-    # expanded[2] cut to 8 channels (0.40 ms) joins it, two proposals; at 0.1875 ms cutting
-    # expanded[1] or the head to 8 channels (0.24 ms) or expanded[2] to 24
-    # (0.24 ms) meets it, and so does the last conv: four proposals.
+    # expanded[2] cut to 8 channels (0.40 ms) joins it; at 0.1875 ms expanded[1]
+    # and the head would go to their minimum (8), which does not count as a
+    # proposal, so only expanded[2] (24) and the last conv count; at 0.09375 ms
+    # expanded[1] and the head to 16 and expanded[2] to 32 (0.16 ms each) meet
+    # it above their minimum, and so does the last conv: four proposals.
     plan = plan_iteration(tiny_spec, groups, current, 3.0, predict, min_proposals=3, max_halvings=6)
-    assert plan.halvings == 4 and plan.reduction_ms == pytest.approx(3.0 / 16)
-    assert plan.target_ms == pytest.approx(current - 3.0 / 16)
+    assert plan.halvings == 5 and plan.reduction_ms == pytest.approx(3.0 / 32)
+    assert plan.target_ms == pytest.approx(current - 3.0 / 32)
     proposed = {g.name: c for g, c in plan.choices if c}
-    assert {name: width for name, (width, _) in proposed.items()} == {"expanded[1]": 8, "expanded[2]": 24,
-                                                                       "head": 8, "last_conv": 56}
+    assert {name: width for name, (width, _) in proposed.items()} == {"expanded[1]": 16, "expanded[2]": 32,
+                                                                       "head": 16, "last_conv": 56}
     assert all(predicted <= plan.target_ms for _, predicted in proposed.values())
-    assert plan.proposals == 4 and set(plan.predict_s) == {g.name for g in groups}
+    assert plan.proposals == plan.counted_proposals == 4 and set(plan.predict_s) == {g.name for g in groups}
+    gutting = plan_iteration(tiny_spec, groups, current, 3.0, predict, min_proposals=3, max_halvings=4)
+    assert gutting.proposals == 4 and gutting.counted_proposals == 2  # expanded[1] and the head at 8
 
     # Out of halvings: the last try is used as it is.
     short = plan_iteration(tiny_spec, groups, current, 3.0, predict, min_proposals=3, max_halvings=2)
     assert short.halvings == 2 and short.proposals == 1
     # Asking for more proposals than groups that can shrink asks for all of them.
     everyone = plan_iteration(tiny_spec, groups, current, 3.0, predict, min_proposals=50, max_halvings=10)
-    assert everyone.proposals == sum(bool(candidate_widths(g)) for g in groups)
+    assert everyone.counted_proposals == sum(len(candidate_widths(g)) > 1 for g in groups)
+
+
+def test_one_cut_removes_at_most_max_cut_fraction_of_a_group(tiny_spec):
+    groups = {g.name: g for g in prunable_groups(tiny_spec)}
+    cost = {40: 9.0, 32: 5.0, 24: 4.0, 16: 3.0, 8: 2.0}
+
+    def predict(spec):
+        return cost[spec.blocks[2].expanded]
+
+    group = groups["expanded[2]"]  # 48 wide
+    assert choose_width(tiny_spec, group, 3.0, predict) == (16, 3.0)  # uncapped: two thirds of the group
+    assert choose_width(tiny_spec, group, 3.0, predict, max_cut_fraction=0.5) is None  # 24 is the least allowed
+    assert choose_width(tiny_spec, group, 4.0, predict, max_cut_fraction=0.5) == (24, 4.0)
+    # One granularity step is always allowed, even where it is more than the cap.
+    assert allowed_widths(groups["bottleneck[1,2]"], 0.25) == [8]  # 16 wide
+    assert allowed_widths(groups["last_conv"], 0.25) == [56, 48]  # 64 wide
+
+    slope = {"last_conv": 0.1, "expanded[1]": 0.01, "bottleneck[1,2]": 0.01, "expanded[2]": 0.01, "head": 0.01}
+
+    def linear(spec):
+        return 1.0 + sum(g.width * slope.get(g.name, 0.0) for g in prunable_groups(spec))
+
+    plan = plan_iteration(tiny_spec, list(groups.values()), linear(tiny_spec), 3.0, linear, min_proposals=3,
+                          max_halvings=6, max_cut_fraction=0.25)
+    for group, choice in plan.choices:
+        if choice:
+            assert choice[0] >= 0.75 * group.width or choice[0] == candidate_widths(group)[0], group.name
 
 
 def test_the_last_target_is_clamped_to_just_under_the_budget(tiny_spec):
@@ -159,9 +199,10 @@ def test_whole_figures_keep_each_networks_best_pass():
     assert both.spread_pct == pytest.approx(100 * (3.0 - 1.5) / 1.5)  # slowest pass of either: 3.0 ms
 
 
-def _result(group: str, accuracy: float | None, predicted: float, status: str = "ok") -> CandidateResult:
+def _result(group: str, accuracy: float | None, predicted: float, status: str = "ok",
+            loss: float | None = None) -> CandidateResult:
     task = CandidateTask(1, ChannelGroup(group, "head", (), 64), 32, predicted, 0)
-    return CandidateResult(task, status, holdout_acc=accuracy)
+    return CandidateResult(task, status, holdout_acc=accuracy, holdout_loss=loss)
 
 
 def test_selection_rules():
@@ -173,6 +214,30 @@ def test_selection_rules():
     assert select_proposal([results[2]], "accuracy", 0.82, 10.0) is None
     with pytest.raises(ConfigError, match="search.selection"):
         select_proposal(results, "flops", 0.82, 10.0)
+
+
+def test_selection_by_loss_and_against_a_control_reference():
+    results = [_result("a", 0.80, 9.0, loss=0.60), _result("b", 0.81, 7.0, loss=0.70), _result("c", 0.78, 8.0, loss=0.50)]
+    # The loss ranks by confidence, not by flipped images: c has the lowest cross-entropy.
+    assert select_proposal(results, "accuracy", 0.0, 10.0, score="loss").task.name == "c"
+    assert select_proposal(results, "accuracy", 0.0, 10.0).task.name == "b"
+    # Per ms saved against the control arm's score: with a control at 0.82 accuracy, a loses
+    # 0.02 over 1 ms, b 0.01 over 3 ms, c 0.04 over 2 ms: b. With a control at 0.79, a
+    # gains 0.01/ms, b 0.0067/ms: a. The reference decides, so it must be a fair one.
+    assert select_proposal(results, "accuracy_per_latency", 0.82, 10.0).task.name == "b"
+    assert select_proposal(results, "accuracy_per_latency", 0.79, 10.0).task.name == "a"
+    # With the loss: against -0.55, a's -0.05 over 1 ms loses to c's +0.05 over 2 ms.
+    assert select_proposal(results, "accuracy_per_latency", -0.55, 10.0, score="loss").task.name == "c"
+    with pytest.raises(ConfigError, match="search.score"):
+        select_proposal(results, "accuracy", 0.0, 10.0, score="f1")
+
+
+def test_prescreen_keeps_the_best_scores():
+    results = [_result("a", 0.80, 9.0, loss=0.6), _result("b", 0.85, 7.0, loss=0.7), _result("c", 0.80, 8.0, loss=0.5),
+               _result("d", 0.99, 6.0, status="failed")]
+    assert prescreen_top(results, 2) == ["b", "c"]  # a and c tie on accuracy: the lower prediction first
+    assert prescreen_top(results, 2, "loss") == ["c", "a"]
+    assert prescreen_top(results, 10) == ["b", "c", "a"]  # a failed result is never kept
 
 
 def test_selection_is_order_independent():
@@ -232,7 +297,7 @@ def test_tiny_search_end_to_end(prepared, tmp_path):
     assert iterations["budget_margin_pct"].lt(0).all()  # never met: the budget is unreachable
     stop_tests = [m for m in messages if m.startswith("stop test after iteration")]
     assert len(stop_tests) == 3 and all("not met" in m for m in stop_tests), messages
-    assert len(run.read_state()["calibration"]) == 4  # the base and each iteration's winner
+    assert len(run.read_state().calibration) == 4  # the base and each iteration's winner
 
 
 def test_lut_validate_run_re_measures_a_finished_run(prepared, tmp_path, capsys):
@@ -269,7 +334,7 @@ def test_base_that_meets_the_budget_is_the_only_member(prepared, tmp_path, capsy
     assert code == 0
     assert "already meets the budget" in out and "<= 1000.000 ms" in out
     run = RunDir(tmp_path / "run")
-    assert run.read_state()["finished"] and run.read_state()["iteration"] == 0
+    assert run.read_state().finished and run.read_state().iteration == 0
     assert list(run.read_history()["kind"]) == ["base"]
 
 
@@ -323,6 +388,151 @@ def test_a_diverging_candidate_is_recorded_and_skipped(prepared, tmp_path):
     assert result.iterations == 1  # the search went on with the other candidates
 
 
+def test_candidates_of_one_iteration_fine_tune_on_the_same_batches(prepared, tmp_path, monkeypatch):
+    import netadapt.train as train_module
+
+    real_batches = train_module._batches
+    streams = []  # one per fine-tune: the batches it drew, augmentation applied
+
+    def recording(*args, **kwargs):
+        stream = []
+        streams.append(stream)
+        for images, labels in real_batches(*args, **kwargs):
+            stream.append((images.clone(), labels.clone()))
+            yield images, labels
+
+    monkeypatch.setattr(train_module, "_batches", recording)
+    config = prepared.config(prepared.unreachable_budget(), "search.max_iterations=1", "search.finetune_steps=3")
+    result = run_search(config, out=tmp_path / "run", dataset=prepared.dataset, progress=False, echo=lambda m: None)
+    candidates = RunDir(result.run_dir).read_history().query("kind == 'candidate' and status != 'skipped'")
+    assert len(streams) == len(candidates) >= 3 and candidates["seed"].nunique() == 1
+    for stream in streams[1:]:
+        assert len(stream) == len(streams[0]) == 3
+        for (images, labels), (first_images, first_labels) in zip(stream, streams[0]):
+            assert torch.equal(images, first_images) and torch.equal(labels, first_labels)
+
+
+def test_prescreen_control_arm_and_distillation_in_a_search(prepared, tmp_path):
+    config = prepared.config(prepared.unreachable_budget(), "search.max_iterations=1", "search.finetune_top=2",
+                             "search.selection=accuracy_per_latency", "search.score=loss", "train.distill_alpha=0.5")
+    result = run_search(config, out=tmp_path / "run", dataset=prepared.dataset, progress=False, echo=lambda m: None)
+    history = RunDir(result.run_dir).read_history()
+    arms = history[history["kind"].isin(["candidate", "control"])]
+    assert sorted(arms["iteration"].unique()) == [1]
+    for _, rows in arms.groupby("iteration"):
+        proposals = rows[(rows["kind"] == "candidate") & (rows["status"] != "skipped")]
+        assert len(proposals) >= 3 and proposals["prescreen_loss"].notna().all()  # every proposal prescreened
+        tuned = proposals[proposals["status"].isin(["ok", "chosen"])]
+        assert len(tuned) == 2 and (proposals["status"] == "screened_out").sum() == len(proposals) - 2
+        assert proposals.loc[proposals["status"] == "screened_out", "holdout_loss"].isna().all()
+        # The fine-tuned two are the prescreen's best (lowest loss).
+        assert tuned["prescreen_loss"].max() <= proposals.loc[proposals["status"] == "screened_out",
+                                                               "prescreen_loss"].min()
+        (control,) = rows[rows["kind"] == "control"].itertuples()
+        assert control.status == "ok" and control.group == "control" and control.seed == tuned["seed"].iloc[0]
+        # The winner gains the most score (minus loss) per ms saved, against the control arm.
+        gain = (control.holdout_loss - tuned["holdout_loss"]) / (control.predicted_ms - tuned["predicted_ms"])
+        assert tuned.loc[gain.idxmax(), "status"] == "chosen"
+
+
+def removal_wins(context, task):
+    """A candidate function under which a depth proposal always scores best, to follow one through a search."""
+    result = evaluate_candidate(context, task)
+    if task.removed_block is not None and result.status == "ok":
+        result.holdout_acc = 1.0
+    return result
+
+
+def test_a_depth_proposal_is_proposed_fine_tuned_and_committed(prepared, tmp_path):
+    config = prepared.config(prepared.unreachable_budget(), "search.max_iterations=2", "search.depth_proposals=true")
+    result = run_search(config, out=tmp_path / "run", dataset=prepared.dataset, executor=LocalExecutor(removal_wins),
+                        progress=False, echo=lambda m: None)
+    run = RunDir(result.run_dir)
+    history = run.read_history()
+    first = history[(history["iteration"] == 1) & (history["kind"] == "candidate")]
+    removals = first[first["group"].str.startswith("remove[")]
+    assert "remove[2]" in set(removals["group"]) and removals["width_after"].isna().all()
+    (winner,) = history[(history["iteration"] == 1) & (history["kind"] == "iteration")].itertuples()
+    assert winner.group.startswith("remove[")
+    index = int(winner.group[len("remove["):-1])
+    base = load_checkpoint(run.checkpoint_path(0))
+    after = load_checkpoint(run.checkpoint_path(1))
+    assert after.spec == without_block(base.spec, index).replace(name=after.spec.name)
+    # The next iteration starts from the shallower network: its proposals name its own blocks.
+    second = history[(history["iteration"] == 2) & (history["kind"] == "candidate")]
+    assert not set(second["group"]) & {f"expanded[{len(base.spec.blocks) - 1}]"}
+    assert result.iterations == 2
+
+
+def test_depth_proposals_join_the_plan_when_their_removal_meets_the_target(tiny_spec):
+    def predict(spec):  # per-layer overhead: 1 ms a block, channels nearly free
+        return float(len(spec.blocks)) + 0.001 * sum(g.width for g in prunable_groups(spec))
+
+    groups = prunable_groups(tiny_spec)
+    current = predict(tiny_spec)
+    plan = plan_iteration(tiny_spec, groups, current, 0.5, predict, min_proposals=1, max_halvings=0,
+                          removable=removable_blocks(tiny_spec))
+    assert [index for index, _ in plan.removals] == [0, 2]
+    assert all(ms == pytest.approx(predict(without_block(tiny_spec, i))) for i, ms in plan.removals)
+    assert not any(choice for _, choice in plan.choices)  # no channel cut saves 0.5 ms
+    assert plan.proposals == plan.counted_proposals == 2
+    assert plan_iteration(tiny_spec, groups, current, 0.5, predict, min_proposals=1, max_halvings=0).proposals == 0
+
+
+def test_a_candidate_trains_on_the_contexts_thread_count(prepared, monkeypatch):
+    import netadapt.executor as executor_module
+    from netadapt.config import TrainConfig
+    from netadapt.executor import IterationContext
+
+    model = load_checkpoint(prepared.checkpoint)
+    group = prunable_groups(model.spec, 8, 8)[0]
+    context = IterationContext(model.spec, model.state_dict(), prepared.dataset.train.subset(64),
+                               prepared.dataset.holdout.subset(64), TrainConfig(batch_size=16, threads=0),
+                               finetune_steps=1, eval_batch_size=64, threads=1)
+    task = CandidateTask(1, group, candidate_widths(group)[0], 1.0, seed=0)
+    seen = []
+
+    def finetune_spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_finetune(*args, **kwargs)
+
+    real_finetune = executor_module.finetune
+    monkeypatch.setattr(executor_module, "finetune", finetune_spy)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        result = evaluate_candidate(context, task)
+        assert result.status == "ok" and seen == [1]  # the context's count, not the caller's 3
+        assert torch.get_num_threads() == 3  # and restored afterwards
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_a_run_killed_after_meeting_the_budget_finishes_on_resume(prepared, tmp_path, monkeypatch):
+    import netadapt.search as search_module
+
+    class Killed(Exception):
+        """Stands in for a kill between the budget-meeting commit and the record of the run's end."""
+
+    def killed_before_the_end(*args, **kwargs):
+        raise Killed
+
+    real_finish = search_module.SearchLoop.finish
+    monkeypatch.setattr(search_module.SearchLoop, "finish", killed_before_the_end)
+    config = prepared.config("search.budget_ratio=0.97", "search.initial_reduction=0.1", "search.max_iterations=4")
+    with pytest.raises(Killed):
+        run_search(config, out=tmp_path / "run", dataset=prepared.dataset, progress=False, echo=lambda m: None)
+    run = RunDir(tmp_path / "run")
+    at_kill = run.read_state()
+    assert not at_kill.finished and "meets the budget" in at_kill.budget_met
+    monkeypatch.setattr(search_module.SearchLoop, "finish", real_finish)
+    resumed = run_search(resume=run.path, dataset=prepared.dataset, progress=False, echo=lambda m: None)
+    # Finished without another cut: the network that met the budget is the result.
+    assert resumed.iterations == at_kill.iteration and "meets the budget" in resumed.stop_reason
+    assert run.read_state().finished and run.read_history()["iteration"].max() == at_kill.iteration
+    assert resumed.final_spec == load_checkpoint(run.checkpoint_path(at_kill.iteration)).spec
+
+
 def test_kill_9_mid_iteration_then_resume_gives_the_same_network(prepared, tmp_path):
     budget = prepared.unreachable_budget()
     overrides = [budget]
@@ -340,7 +550,7 @@ def test_kill_9_mid_iteration_then_resume_gives_the_same_network(prepared, tmp_p
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and process.poll() is None:
             state = run.read_state() if run.state_path.exists() else None
-            if state and state["iteration"] >= 1:
+            if state and state.iteration >= 1:
                 break
             time.sleep(0.05)
         assert process.poll() is None, process.stderr.read().decode()
@@ -350,7 +560,7 @@ def test_kill_9_mid_iteration_then_resume_gives_the_same_network(prepared, tmp_p
     finally:
         if process.poll() is None:
             process.kill()
-    killed_at = run.read_state()["iteration"]
+    killed_at = run.read_state().iteration
     assert killed_at < 3, "the kill came too late to test a resume"
     resumed = run_search(resume=run.path, dataset=prepared.dataset, progress=False, echo=lambda m: None)
     assert resumed.iterations == 3 and resumed.final_spec == reference.final_spec

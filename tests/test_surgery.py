@@ -21,8 +21,8 @@ from torch import nn
 
 from mobilenetv3 import MobileNetV3, NetSpec, build, large, make_divisible, small
 from mobilenetv3.model import SqueezeExcitation
-from netadapt.groups import STEM, ChannelGroup, prunable_groups, with_width
-from netadapt.surgery import l2_norm_selection, prune, prune_indices, se_squeeze_selection
+from netadapt.groups import STEM, ChannelGroup, prunable_groups, removable_blocks, removal_name, with_width, without_block
+from netadapt.surgery import l2_norm_selection, prune, prune_indices, remove_block, se_squeeze_selection
 
 SPECS = {"large": large(num_classes=10), "small": small(num_classes=10)}
 GROUPS = {name: prunable_groups(spec) for name, spec in SPECS.items()}
@@ -464,3 +464,38 @@ def test_stem_group_of_small_reaches_a_block_without_expansion():
     assert new_spec.blocks[0].expanded == 8
     assert pruned.features[1].block[1].fc1.in_channels == 8
     assert pruned.features[1].block[1].fc2.out_channels == 8
+
+
+# ------------------------------------------------------------- block removal
+def _removal_cases() -> list:
+    return [pytest.param(name, index, id=f"{name}-remove[{index}]")
+            for name, spec in SPECS.items() for index in removable_blocks(spec)]
+
+
+@pytest.mark.parametrize("preset_name, index", _removal_cases())
+def test_removed_block_logits_equal_its_residual_branch_zeroed(preset_name, index):
+    spec, model = SPECS[preset_name], _model(preset_name)
+    removed, new_spec = remove_block(model, spec, index)
+    assert new_spec == without_block(spec, index) and len(new_spec.blocks) == len(spec.blocks) - 1
+    branch = model.features[index + 1].block  # the residual branch: out = branch(x) + x
+    hook = branch.register_forward_hook(lambda module, inputs, output: torch.zeros_like(output))
+    try:
+        with torch.no_grad():
+            zeroed = model(INPUT)
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        full, logits = model(INPUT), removed(INPUT)
+    assert (zeroed - full).abs().max() > 1e-4  # the block matters, or the equality proves nothing
+    torch.testing.assert_close(logits, zeroed, rtol=0, atol=1e-5)
+    assert removed.training == model.training
+
+
+def test_only_residual_blocks_can_be_removed():
+    spec = SPECS["small"]
+    assert removable_blocks(spec) == [i for i, block in enumerate(spec.blocks) if block.residual]
+    assert removable_blocks(spec) and all(spec.block_inputs()[i] == spec.blocks[i].out and spec.blocks[i].stride == 1
+                                          for i in removable_blocks(spec))
+    with pytest.raises(ValueError, match="block 0 .* cannot be removed"):
+        remove_block(_model("small"), spec, 0)  # Small's first block has a stride of 2
+    assert removal_name(3) == "remove[3]"

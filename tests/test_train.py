@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -16,6 +17,7 @@ from netadapt.train import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     TrainingDiverged,
+    distillation_loss,
     evaluate,
     finetune,
     load_checkpoint,
@@ -51,6 +53,41 @@ def test_finetune_is_deterministic_for_a_seed(tiny_spec, small_split):
     assert not torch.equal(weights[0], weights[2])
 
 
+def test_distillation_loss_mixes_cross_entropy_and_softened_kl():
+    generator = torch.Generator().manual_seed(0)
+    logits, teacher = torch.randn(8, 10, generator=generator), torch.randn(8, 10, generator=generator)
+    labels = torch.randint(0, 10, (8,), generator=generator)
+    hard = torch.nn.functional.cross_entropy(logits, labels)
+    assert torch.equal(distillation_loss(logits, teacher, labels, 0.0, 4.0), hard)
+    temperature = 2.0
+    p = torch.softmax(teacher / temperature, dim=1)
+    kl = (p * (p.log() - torch.log_softmax(logits / temperature, dim=1))).sum(dim=1).mean()
+    assert torch.allclose(distillation_loss(logits, teacher, labels, 1.0, temperature), temperature**2 * kl, atol=1e-6)
+    assert torch.allclose(distillation_loss(logits, teacher, labels, 0.3, temperature),
+                          0.7 * hard + 0.3 * temperature**2 * kl, atol=1e-6)
+    assert distillation_loss(teacher, teacher, labels, 1.0, temperature).abs() < 1e-6  # nothing left to learn
+
+
+def test_finetune_distils_from_the_teacher_only_when_asked(tiny_spec, small_split):
+    torch.manual_seed(0)
+    teacher, start = build(tiny_spec), build(tiny_spec)
+    teacher_weights = {k: v.clone() for k, v in teacher.state_dict().items()}
+
+    def tuned(config: TrainConfig) -> dict:
+        model = build(tiny_spec)
+        model.load_state_dict(start.state_dict())
+        finetune(model, small_split, 3, config, seed=1, teacher=teacher)
+        return model.state_dict()
+
+    distilled = dataclasses.replace(FAST, distill_alpha=0.5)
+    plain = tuned(FAST)
+    with_teacher = tuned(distilled)
+    assert any(not torch.equal(plain[k], with_teacher[k]) for k in plain)  # the teacher changed the steps
+    assert all(torch.equal(with_teacher[k], v) for k, v in tuned(distilled).items())  # deterministic
+    assert all(torch.equal(teacher.state_dict()[k], v) for k, v in teacher_weights.items())  # the teacher unchanged
+    assert not teacher.training
+
+
 def test_train_stats_count_images_and_time(tiny_spec, small_split):
     stats = train(build(tiny_spec), small_split, FAST, steps=6, seed=0, progress=False)
     assert (stats.steps, stats.images) == (6, 6 * 32)
@@ -69,12 +106,29 @@ def test_evaluate_is_deterministic_and_restores_mode(tiny_spec, embedded):
 
 def test_recalibration_makes_eval_statistics_match_the_data(tiny_spec, small_split):
     model = build(tiny_spec)
-    recalibrate_batchnorm(model, small_split, images=256, batch_size=64)
+    recalibrate_batchnorm(model, small_split, images=len(small_split), batch_size=64)  # every image, in batches
     stem_bn = model.features[0][1]
     with torch.no_grad():
-        activations = model.features[0][0](small_split.images[:256])
+        activations = model.features[0][0](small_split.images)
     assert torch.allclose(stem_bn.running_mean, activations.mean(dim=(0, 2, 3)), atol=1e-4)
     assert stem_bn.momentum == 0.01  # restored
+
+
+def test_recalibration_draws_a_seeded_random_subset_not_the_first_images():
+    # Class-sorted data, as a `folder` data set is: the first half class 0 (all zeros), the rest class 1 (ones).
+    images = torch.cat([torch.zeros(600, 1, 4, 4), torch.ones(600, 1, 4, 4)])
+    labels = torch.cat([torch.zeros(600, dtype=torch.long), torch.ones(600, dtype=torch.long)])
+    split = Split(images, labels)
+
+    def recalibrated_mean(seed: int) -> float:
+        norm = torch.nn.BatchNorm2d(1)
+        recalibrate_batchnorm(torch.nn.Sequential(norm), split, images=200, batch_size=64, seed=seed)
+        return norm.running_mean.item()
+
+    # The first 200 images would all be zeros; a random 200 of the 1,200 are about half ones.
+    assert 0.35 < recalibrated_mean(0) < 0.65
+    assert recalibrated_mean(0) == recalibrated_mean(0)  # the same images for the same seed
+    assert recalibrated_mean(1) != recalibrated_mean(0)
 
 
 def test_huge_learning_rate_raises_training_diverged(tiny_spec, small_split):

@@ -32,7 +32,7 @@ from netadapt.latency import (
     trajectory_specs,
     validate,
 )
-from netadapt.latency.validate import summarize_run, validate_run
+from netadapt.latency.validate import removal_specs, summarize_run, validate_run
 from netadapt.rundir import RunDir
 
 __all__ = ["default_table_path", "register"]
@@ -85,6 +85,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--samples", type=int, default=20, help="random sub-networks to measure (default 20)")
     check.add_argument("--trajectory", type=int, default=20, metavar="N",
                        help="networks from search-like paths of successive cuts down to the floor (default 20)")
+    check.add_argument("--removals", type=int, default=0, metavar="N",
+                       help="networks with one to three residual blocks removed, as depth proposals make (default 0)")
     check.add_argument("--run", metavar="RUN",
                        help="instead: re-measure a finished search's networks against the predictions it recorded")
     check.add_argument("--out", metavar="FILE.csv", help="write one row per network")
@@ -169,20 +171,22 @@ def validate_command(args: argparse.Namespace) -> int:
     if args.run:
         return _validate_run_command(args)
     resolved, table, granularity, min_channels, seed = _open(args)
-    if args.samples < 0 or args.trajectory < 0 or args.samples + args.trajectory < 1:
-        raise ConfigError(f"--samples and --trajectory must be >= 0 and not both 0, got {args.samples}, {args.trajectory}")
+    if min(args.samples, args.trajectory, args.removals) < 0 or args.samples + args.trajectory + args.removals < 1:
+        raise ConfigError("--samples, --trajectory and --removals must be >= 0 and not all 0, got "
+                          f"{args.samples}, {args.trajectory}, {args.removals}")
     base = resolved.spec
-    if table.correction_for(base) is None:
+    if table.correction_specs(base) == 0:
         samples = resolved.config.lut.correction_samples
         print(f"no correction for {network_key(base, resolved.input_shape)} yet: fitting it on {samples} whole networks")
         _fit(args, resolved, table, calibration_specs(base, samples, granularity, min_channels, seed))
     rng = random.Random(f"validate-{seed}")  # never the correction's draws
     random_cuts = [random_subnetwork(base, rng, granularity, min_channels) for _ in range(args.samples)]
     path_cuts = trajectory_specs(base, args.trajectory, random.Random(f"validate-path-{seed}"), granularity, min_channels)
-    specs = random_cuts + path_cuts
+    removed = removal_specs(base, args.removals, random.Random(f"validate-removals-{seed}"), granularity, min_channels)
+    specs = random_cuts + path_cuts + removed
     table.fill(specs, progress=True, passes=_entry_passes(args, resolved))
     frame = validate(table, specs, measured=_measure_whole(args, resolved, table, specs))
-    frame.insert(1, "kind", ["random"] * len(random_cuts) + ["trajectory"] * len(path_cuts))
+    frame.insert(1, "kind", ["random"] * len(random_cuts) + ["trajectory"] * len(path_cuts) + ["removal"] * len(removed))
     if args.out:
         from mobilenetv3.fileio import atomic_write_text
 
@@ -191,7 +195,7 @@ def validate_command(args: argparse.Namespace) -> int:
     for row in frame.itertuples():
         print(f"{row.index:>3} {row.kind:>10} {row.predicted_ms:>10.3f} {row.measured_ms:>10.3f} {row.error_pct:>7.2f}%")
     for kind, part in [("random cuts", frame[frame["kind"] == "random"]), ("trajectory networks", frame[frame["kind"] == "trajectory"]),
-                       ("all", frame)]:
+                       ("networks with blocks removed", frame[frame["kind"] == "removal"]), ("all", frame)]:
         if len(part):
             s = summarize_validation(part)
             print(

@@ -38,11 +38,24 @@ class Correction:
     offset_ms: float = 0.0  # absent from tables written before the affine fit
     boundary_ms_per_million: float = 0.0  # absent from tables written before the boundary term
     weights_ms_per_million: float = 0.0  # absent from tables written before the weights term
+    # How many units the fitted networks had (0: not recorded, in tables written before depth proposals).
+    units: int = 0
 
-    def apply(self, raw_sum_ms: float, boundary_millions: float = 0.0, weights_millions: float = 0.0) -> float:
+    def apply(self, raw_sum_ms: float, boundary_millions: float = 0.0, weights_millions: float = 0.0,
+              units: int | None = None) -> float:
+        """The whole-network figure for a spec with this raw sum and size terms.
+
+        The offset is mostly the session overhead that each isolated unit pays
+        and the whole network pays once, (units - 1) times over. For a network
+        of `units` units, where the fitted ones had `self.units` (a block
+        removed), it is scaled by (units - 1) / (self.units - 1).
+        """
+        offset = self.offset_ms
+        if units is not None and self.units > 1 and units != self.units:
+            offset *= (units - 1) / (self.units - 1)
         return (
             self.scale * raw_sum_ms
-            + self.offset_ms
+            + offset
             + self.boundary_ms_per_million * boundary_millions
             + self.weights_ms_per_million * weights_millions
         )
@@ -92,6 +105,7 @@ def fit_correction_terms(
     boundaries: list[float] | None = None,
     weights: list[float] | None = None,
     form: str | None = None,
+    units: int = 0,
 ) -> Correction:
     """Fit a `Correction` to whole-network figures (ms), their raw sums, boundary sizes and parameter counts (millions).
 
@@ -108,7 +122,8 @@ def fit_correction_terms(
 
     `form` asks for one form without the left-out comparison (refused when
     the data cannot support it), to study the forms
-    (benchmarks/correction_forms.py).
+    (benchmarks/correction_forms.py). `units` is recorded: how many units
+    the networks have (see `Correction.apply`).
     """
     columns = {"scale": np.asarray(sums, dtype=float), "offset": np.ones(len(sums))}
     columns["boundary"] = np.zeros(len(sums)) if boundaries is None else np.asarray(boundaries, dtype=float)
@@ -162,6 +177,7 @@ def fit_correction_terms(
         offset_ms=coefficients.get("offset", 0.0),
         boundary_ms_per_million=coefficients.get("boundary", 0.0),
         weights_ms_per_million=coefficients.get("weights", 0.0),
+        units=units,
     )
 
 

@@ -40,7 +40,7 @@ from netadapt.benchmark import (
 )
 from netadapt.errors import LatencyTableError
 from netadapt.latency.correction import Correction, fit_correction_terms
-from netadapt.latency.store import STAT_COLUMNS, UNIT_COLUMNS, TableFile, read_table, write_table
+from netadapt.latency.store import STAT_COLUMNS, TableFile, read_table, write_table
 from netadapt.latency.units import Unit, network_key, unit_onnx, units_boundary_millions, units_of, weights_millions
 from netadapt.onnx_export import onnx_bytes
 
@@ -242,9 +242,13 @@ class LatencyTable:
         write_table(Path(path), self._file())
 
     def correction_specs(self, spec: NetSpec | None = None) -> int:
-        """Whole networks behind the correction of `spec`'s family (all families if None); 0: none fitted."""
+        """Whole networks behind the correction fitted for `spec`'s own family (all families if None); 0: none.
+
+        A deeper family's correction, which `correction_for` lends to a spec with
+        blocks removed, does not count: a new base network gets its own fit."""
         if spec is not None:
-            correction = self.correction_for(spec)
+            key = _correction_key(network_key(spec, self.input_shape), self.statistic)  # type: ignore[arg-type]
+            correction = self.corrections.get(key)
             return correction.samples if correction else 0
         return sum(c.samples for k, c in self.corrections.items() if _statistic_of(k) == self.statistic)
 
@@ -555,7 +559,21 @@ class LatencyTable:
             return float(sum(self.entries[key][column] for key in keys))
 
     def correction_for(self, spec: NetSpec, statistic: str | None = None) -> Correction | None:
-        return self.corrections.get(_correction_key(network_key(spec, self.input_shape), statistic or self.statistic))  # type: ignore[arg-type]
+        """The correction fitted for `spec`'s family; for a spec with blocks removed (a depth
+        proposal), the nearest deeper family's at the same input, whose offset `Correction.apply`
+        scales to the spec's unit count. None when there is neither."""
+        statistic = statistic or self.statistic
+        exact = self.corrections.get(_correction_key(network_key(spec, self.input_shape), statistic))  # type: ignore[arg-type]
+        if exact is not None:
+            return exact
+        deeper = []
+        for key, correction in self.corrections.items():
+            family, _, key_statistic = key.rpartition(":")
+            blocks, _, shape = family.partition("blocks@")
+            if key_statistic == statistic and shape == network_key(spec, self.input_shape).partition("blocks@")[2] \
+                    and blocks.isdigit() and int(blocks) > len(spec.blocks):  # type: ignore[arg-type]
+                deeper.append((int(blocks), correction))
+        return min(deeper, key=lambda pair: pair[0])[1] if deeper else None
 
     def predict_ms(self, spec: NetSpec, statistic: str | None = None) -> float:
         """Predicted latency (ms, on the table's reference scale) of `spec` on this table's target.
@@ -571,7 +589,10 @@ class LatencyTable:
         """
         correction = self.correction_for(spec, statistic)
         raw = self.raw_sum_ms(spec, statistic)
-        return correction.apply(raw, self.boundary_millions(spec), self.weights_millions(spec)) if correction else raw
+        if correction is None:
+            return raw
+        return correction.apply(raw, self.boundary_millions(spec), self.weights_millions(spec),
+                                units=len(units_of(spec, self.input_shape)))  # type: ignore[arg-type]
 
     def fit_correction(
         self, specs: list[NetSpec], repeats: int = 1, measured: list[Measurement] | None = None
@@ -605,7 +626,8 @@ class LatencyTable:
             figures = [m.statistic_ms(statistic) for m in whole]
             boundaries = [self.boundary_millions(spec) for spec in specs]
             weights = [self.weights_millions(spec) for spec in specs]
-            self.corrections[_correction_key(family, statistic)] = fit_correction_terms(sums, figures, boundaries, weights)
+            self.corrections[_correction_key(family, statistic)] = fit_correction_terms(
+                sums, figures, boundaries, weights, units=len(units_of(specs[0], self.input_shape)))  # type: ignore[arg-type]
         self.save()
         return self.corrections[_correction_key(family, self.statistic)]
 

@@ -116,10 +116,11 @@ def unit_onnx(unit: Unit, batch: int) -> bytes:
 
 
 def network_key(spec: NetSpec, input_shape: tuple[int, int, int, int]) -> str:
-    """The family a correction applies to: same block count and input, any channel counts.
+    """The family a correction is fitted for: same block count and input, any channel counts.
 
-    Pruning never removes blocks, so every spec a search visits shares its
-    base network's key.
+    Channel cuts keep the block count, so they share their base network's
+    key. A depth proposal removes a block: `LatencyTable.correction_for`
+    then lends it the nearest deeper family's correction.
     """
     return f"{len(spec.blocks)}blocks@{'x'.join(str(d) for d in input_shape)}"
 

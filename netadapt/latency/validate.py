@@ -1,9 +1,10 @@
 """Which networks a table is fitted and checked on, and the check itself.
 
-Three kinds of network: every single-group cut (NetAdapt's first
-iteration, what `lut build` fills), random channel cuts, and trajectories:
-sequences of successive single-group cuts down to the search space's floor,
-the networks a search visits. `validate` compares predictions with whole
+Four kinds of network: every single-group cut (NetAdapt's first
+iteration, what `lut build` fills), random channel cuts, trajectories
+(sequences of successive single-group cuts down to the search space's
+floor, the networks a search visits) and networks with blocks removed (a
+search's depth proposals). `validate` compares predictions with whole
 measurements of the same networks.
 """
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from netadapt.benchmark import Measurement, Measurer, best_of, measure_passes
 from netadapt.errors import LatencyTableError
-from netadapt.groups import candidate_widths, lower_bound_spec, prunable_groups, with_width
+from netadapt.groups import candidate_widths, lower_bound_spec, prunable_groups, removable_blocks, with_width, without_block
 from netadapt.latency.table import LatencyTable
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "summarize_run",
     "first_iteration_specs",
     "random_subnetwork",
+    "removal_specs",
     "summarize_validation",
     "trajectory",
     "trajectory_specs",
@@ -111,6 +113,28 @@ def trajectory_specs(
             specs.append(fresh[index])
             seen.add(fresh[index])
         fruitless = fruitless + 1 if take == 0 else 0
+    return specs
+
+
+def removal_specs(
+    base: NetSpec, count: int, rng: random.Random, granularity: int = 8, min_channels: int = 8
+) -> list[NetSpec]:
+    """`count` networks with blocks removed, as a search with depth proposals visits them.
+
+    Each is the base or a random channel cut of it (half each), with one to
+    three of its residual blocks (chosen at random) removed. Their predictions
+    borrow the full-depth family's correction (`LatencyTable.correction_for`),
+    so they check that the loan holds.
+    """
+    specs: list[NetSpec] = []
+    if not removable_blocks(base):
+        return specs
+    while len(specs) < count:
+        spec = base if rng.random() < 0.5 else random_subnetwork(base, rng, granularity, min_channels)
+        for _ in range(rng.randint(1, min(3, len(removable_blocks(base))))):
+            if removable_blocks(spec):
+                spec = without_block(spec, rng.choice(removable_blocks(spec)))
+        specs.append(spec)
     return specs
 
 
@@ -283,6 +307,7 @@ def summarize_run(frame: pd.DataFrame) -> dict[str, float]:
         "max_abs_error_pct": float(errors.max()),
         "within_5_pct": float((errors <= 5.0).mean()),
         "median_abs_table_error_pct": float(frame["table_error_pct"].abs().median()),
+        "max_abs_table_error_pct": float(frame["table_error_pct"].abs().max()),
         "median_abs_in_search_error_pct": float(in_search.median()),
         "max_abs_in_search_error_pct": float(in_search.max()),
         "median_abs_steady_error_pct": float(frame["steady_error_pct"].abs().median()),
