@@ -13,7 +13,7 @@ from netadapt.data import Dataset
 from netadapt.errors import ConfigError
 from netadapt.train import base_spec, evaluate, load_checkpoint, save_checkpoint, train
 
-__all__ = ["cache_dir", "obtain_base_model"]
+__all__ = ["base_cache_key", "cache_dir", "obtain_base_model"]
 
 
 def cache_dir() -> Path:
@@ -24,12 +24,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("NETADAPT_CACHE", "~/.cache/netadapt")).expanduser()
 
 
-def _cache_key(config: Config, spec: NetSpec) -> str:
-    # Everything that changes the trained weights, and nothing else.
+# TrainConfig fields that never reach the base network's training: evaluation and
+# threads, and the fine-tunes' own settings (a new fine-tune setting must not retrain the base).
+_NOT_BASE_TRAINING = ("eval_batch_size", "threads", "finetune_lr", "distill_alpha", "distill_temperature")
+
+
+def base_cache_key(config: Config, spec: NetSpec, holdout_images: int) -> str:
+    """Everything that changes the trained base weights, and nothing else.
+
+    `holdout_images` is the holdout's resolved size, so `data.holdout: null` and
+    the number it resolves to share one cached network.
+    """
     relevant = {
         "spec": spec.to_dict(),
-        "data": to_dict(config.data),
-        "train": {k: v for k, v in to_dict(config.train).items() if k not in ("eval_batch_size", "threads")},
+        "data": {**to_dict(config.data), "holdout": holdout_images},
+        "train": {k: v for k, v in to_dict(config.train).items() if k not in _NOT_BASE_TRAINING},
         "seed": config.seed,
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
@@ -51,7 +60,7 @@ def obtain_base_model(config: Config, dataset: Dataset, progress: bool = True, l
             )
         return model, path
     spec = base_spec(config.model, dataset)
-    path = cache_dir() / "base" / f"{spec.name or 'spec'}-{_cache_key(config, spec)}.pt"
+    path = cache_dir() / "base" / f"{spec.name or 'spec'}-{base_cache_key(config, spec, len(dataset.holdout))}.pt"
     if path.is_file():
         log(f"base network: cached {path}")
         return load_checkpoint(path), path

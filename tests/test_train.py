@@ -199,3 +199,20 @@ def test_train_command_end_to_end(tiny_spec, tmp_path, capsys):
     # A second run into the same directory is refused rather than overwriting it.
     assert main(argv) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_the_base_cache_key_ignores_what_never_reaches_base_training():
+    from mobilenetv3 import small
+    from netadapt.base import base_cache_key
+    from netadapt.config import load_config
+
+    spec = small(num_classes=10, in_channels=1)
+    key = base_cache_key(load_config(), spec, 1000)
+    # Fine-tune settings, and an automatic holdout resolving to the same size, share the cached base ...
+    for overrides in (["train.finetune_lr=0.5"], ["train.distill_alpha=0.5", "train.distill_temperature=2"],
+                      ["data.holdout=1000"], ["train.eval_batch_size=7", "train.threads=1"]):
+        assert base_cache_key(load_config(None, overrides), spec, 1000) == key, overrides
+    # ... and what changes the weights does not.
+    for overrides in (["train.steps=5"], ["train.bn_recalibration=0"], ["seed=1"], ["data.resolution=32"]):
+        assert base_cache_key(load_config(None, overrides), spec, 1000) != key, overrides
+    assert base_cache_key(load_config(), spec, 2000) != key
