@@ -62,6 +62,7 @@ import torch
 import mobilenetv3 as m
 from netadapt.benchmark import LocalMeasurer, Target, best_of, cpu_model, measure_spec
 from netadapt.cli.common import parse_input_shape
+from netadapt.groups import lower_bound_spec
 from netadapt.latency import (
     LatencyTable,
     calibration_specs,
@@ -212,7 +213,8 @@ def main() -> int:
         passes = table.measure_networks(fit_specs + val_specs, args.passes, network_measurer)
         fit_measured = best_of([one[: len(fit_specs)] for one in passes])
         val_passes = [one[len(fit_specs) :] for one in passes]
-    correction = table.fit_correction(fit_specs, measured=fit_measured)
+    # As `netadapt lut build` fits it: the search space's floor must predict positive.
+    correction = table.fit_correction(fit_specs, measured=fit_measured, unfitted=[lower_bound_spec(base, 8, args.granularity)])
     fit_sums = [table.raw_sum_ms(spec) for spec in fit_specs]
     fit_figures = [m.statistic_ms(args.statistic) for m in fit_measured]
     # The same networks without the boundary term, to show what it buys.

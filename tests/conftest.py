@@ -158,5 +158,7 @@ lut: {{table: {root / 'lut.csv'}, drift_check: 'off'}}
     prepared = PreparedSearch(root, config_path, checkpoint, dataset)
     # Fit the table's correction once, as a first search would, so every run
     # shares the same calibrated predictions.
-    prepared.table().fit_correction(calibration_specs(spec, 4))
+    from netadapt.groups import lower_bound_spec
+
+    prepared.table().fit_correction(calibration_specs(spec, 4), unfitted=[lower_bound_spec(spec, 8, 8)])
     return prepared

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import warnings
@@ -315,6 +316,33 @@ def test_correction_fit_falls_back_from_an_implausible_form():
         fit_correction_terms([1.0, 2.0], [1.0, 2.0], [0.5])
     with pytest.raises(LatencyTableError, match="as many sums"):
         fit_correction_terms([1.0, 2.0], [1.0, 2.0], [0.5, 0.6], [1.0])
+
+
+def test_correction_fit_keeps_the_search_floor_positive(tmp_path, tiny_spec):
+    # Figures that grow twice as fast as the sums: the affine fit (scale 2,
+    # offset -1 ms) predicts a network with a raw sum of 0.4 ms at -0.2 ms.
+    sums, measured = [1.0, 1.1, 1.2, 1.3], [1.0, 1.2, 1.4, 1.6]
+    assert fit_correction_terms(sums, measured).apply(0.4) < 0
+    # Told that such a network is in the search space, the fit falls back to a form that predicts it positive.
+    kept = fit_correction_terms(sums, measured, unfitted=[(0.4, 0.0, 0.0)])
+    assert kept.form == "scale" and kept.apply(0.4) > 0
+    # Through the table, on real measured entries: whole figures that follow a
+    # steep line through the cuts' raw sums cross zero above the floor's raw sum.
+    floor = lower_bound_spec(tiny_spec, 8, 8)
+    cuts = [tiny_spec, *(random_subnetwork(tiny_spec, random.Random(seed), granularity=8) for seed in range(20))]
+    cuts = [spec for spec in dict.fromkeys(cuts) if spec != floor][:4]
+    table = LatencyTable.open(tmp_path / "lut.csv", CountingMeasurer(), SHAPE)
+    table.fill(cuts + [floor], progress=False)
+    raw = [table.raw_sum_ms(spec) for spec in cuts]
+    low = min(raw)
+    steep = [summarize([0.1 * low + 10 * (r - low)]) for r in raw]
+    table.fit_correction(cuts, measured=steep)
+    assert table.predict_ms(floor) < 0, "the test's figures should extrapolate the floor below zero"
+    table.fit_correction(cuts, measured=steep, unfitted=[floor])
+    assert table.predict_ms(floor) > 0
+    another_family = dataclasses.replace(floor, blocks=floor.blocks[:-1])
+    with pytest.raises(LatencyTableError, match="unfitted networks are not all of the family"):
+        table.fit_correction(cuts, measured=steep, unfitted=[another_family])
 
 
 def test_prediction_applies_the_boundary_and_weights_terms(tmp_path, tiny_spec):

@@ -20,6 +20,7 @@ from netadapt.measurers import make_measurer
 from netadapt.cli.bench import Resolved, add_target_arguments, resolve
 from netadapt.config import load_config
 from netadapt.errors import ConfigError
+from netadapt.groups import lower_bound_spec
 from netadapt.latency import (
     Correction,
     LatencyTable,
@@ -139,9 +140,10 @@ def _measure_whole(args: argparse.Namespace, resolved: Resolved, table: LatencyT
     return best_of(table.measure_networks(specs, _network_passes(args, resolved), measurer))
 
 
-def _fit(args: argparse.Namespace, resolved: Resolved, table: LatencyTable, specs: list[NetSpec]) -> Correction:
-    table.fill(specs, progress=True, passes=_entry_passes(args, resolved))  # entries first, so no measurement overlaps them
-    return table.fit_correction(specs, measured=_measure_whole(args, resolved, table, specs))
+def _fit(args: argparse.Namespace, resolved: Resolved, table: LatencyTable, specs: list[NetSpec], floor: NetSpec) -> Correction:
+    """Fit the correction on `specs`, measured whole; `floor` (the search space's) must predict positive."""
+    table.fill(specs + [floor], progress=True, passes=_entry_passes(args, resolved))  # entries first, so no measurement overlaps them
+    return table.fit_correction(specs, measured=_measure_whole(args, resolved, table, specs), unfitted=[floor])
 
 
 def build_command(args: argparse.Namespace) -> int:
@@ -161,7 +163,8 @@ def build_command(args: argparse.Namespace) -> int:
     print(f"measured {measured} entries in {elapsed:.1f} s ({rate:.2f} entries/s); table now holds {len(table)}")
     samples = args.fit_samples if args.fit_samples is not None else resolved.config.lut.correction_samples
     if samples > 0:
-        correction = _fit(args, resolved, table, calibration_specs(base, samples, granularity, min_channels, seed))
+        correction = _fit(args, resolved, table, calibration_specs(base, samples, granularity, min_channels, seed),
+                          lower_bound_spec(base, min_channels, granularity))
         print(f"correction for {network_key(base, resolved.input_shape)} ({correction.form}): {correction.describe()}")
     print(f"base predicted {table.predict_ms(base):.3f} ms")
     return 0
@@ -178,7 +181,8 @@ def validate_command(args: argparse.Namespace) -> int:
     if table.correction_specs(base) == 0:
         samples = resolved.config.lut.correction_samples
         print(f"no correction for {network_key(base, resolved.input_shape)} yet: fitting it on {samples} whole networks")
-        _fit(args, resolved, table, calibration_specs(base, samples, granularity, min_channels, seed))
+        _fit(args, resolved, table, calibration_specs(base, samples, granularity, min_channels, seed),
+             lower_bound_spec(base, min_channels, granularity))
     rng = random.Random(f"validate-{seed}")  # never the correction's draws
     random_cuts = [random_subnetwork(base, rng, granularity, min_channels) for _ in range(args.samples)]
     path_cuts = trajectory_specs(base, args.trajectory, random.Random(f"validate-path-{seed}"), granularity, min_channels)

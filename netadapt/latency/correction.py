@@ -106,6 +106,7 @@ def fit_correction_terms(
     weights: list[float] | None = None,
     form: str | None = None,
     units: int = 0,
+    unfitted: list[tuple[float, float, float]] | None = None,
 ) -> Correction:
     """Fit a `Correction` to whole-network figures (ms), their raw sums, boundary sizes and parameter counts (millions).
 
@@ -117,8 +118,13 @@ def fit_correction_terms(
     predicts each network left out of the fit best is used, or a richer one
     whose left-out error is within LEFT_OUT_TOLERANCE of the best; one ratio
     where no affine form is possible. A form that fits a non-positive scale
-    or predicts a non-positive latency for one of the networks falls back to
-    the next simpler one.
+    or predicts a non-positive latency for one of the networks, or for one
+    of `unfitted`, falls back to the next simpler one.
+
+    `unfitted` holds (raw sum, boundary, weights) of networks of the family
+    that are not fitted on but must get a positive prediction: the search
+    space's floor, which sits off the fitted networks' trend and below their
+    sizes, so a noisy fit's negative offset can extrapolate it below zero.
 
     `form` asks for one form without the left-out comparison (refused when
     the data cannot support it), to study the forms
@@ -167,7 +173,9 @@ def fit_correction_terms(
         solution, *_ = np.linalg.lstsq(design, np.ones(len(measured_array)), rcond=None)
         coefficients = dict(zip(terms, (float(value) for value in solution)))
         predictions = design @ solution * measured_array
-        if coefficients["scale"] > 0 and np.all(predictions > 0):
+        if coefficients["scale"] > 0 and np.all(predictions > 0) and all(
+            _predict(coefficients, *terms_of_unfitted) > 0 for terms_of_unfitted in unfitted or ()
+        ):
             break
     rms = float(np.sqrt(np.mean((predictions / measured_array - 1.0) ** 2)))
     return Correction(
@@ -179,6 +187,11 @@ def fit_correction_terms(
         weights_ms_per_million=coefficients.get("weights", 0.0),
         units=units,
     )
+
+
+def _predict(coefficients: dict[str, float], raw_sum_ms: float, boundary_millions: float, weights_millions: float) -> float:
+    return (coefficients["scale"] * raw_sum_ms + coefficients.get("offset", 0.0)
+            + coefficients.get("boundary", 0.0) * boundary_millions + coefficients.get("weights", 0.0) * weights_millions)
 
 
 def leave_one_out_rms(columns: dict[str, np.ndarray], form: tuple[str, ...], measured: np.ndarray) -> float:

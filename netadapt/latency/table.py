@@ -595,7 +595,8 @@ class LatencyTable:
                                 units=len(units_of(spec, self.input_shape)))  # type: ignore[arg-type]
 
     def fit_correction(
-        self, specs: list[NetSpec], repeats: int = 1, measured: list[Measurement] | None = None
+        self, specs: list[NetSpec], repeats: int = 1, measured: list[Measurement] | None = None,
+        unfitted: list[NetSpec] | None = None,
     ) -> Correction:
         """Measure `specs` whole (gauged), fit a `Correction` for their family and save it.
 
@@ -610,6 +611,9 @@ class LatencyTable:
             measured: the specs' gauged whole-network measurements, if the
                 caller already has them (`measure_networks`); then nothing is
                 measured here.
+            unfitted: networks of the family that are not measured or fitted
+                on but must get a positive prediction (the search space's
+                floor: see `fit_correction_terms`); their entries are filled.
         """
         if not specs:
             raise LatencyTableError("fit_correction needs at least one spec")
@@ -619,15 +623,21 @@ class LatencyTable:
         family = families.pop()
         if measured is not None and len(measured) != len(specs):
             raise LatencyTableError(f"fit_correction: {len(measured)} measurements for {len(specs)} specs")
-        self.fill(specs, progress=False)  # entries first, so no whole measurement waits on them
+        unfitted = unfitted or []
+        if {network_key(s, self.input_shape) for s in unfitted} - {family}:  # type: ignore[arg-type]
+            raise LatencyTableError(f"fit_correction: the unfitted networks are not all of the family {family}")
+        self.fill(specs + unfitted, progress=False)  # entries first, so no whole measurement waits on them
         whole = measured or best_of(self.measure_networks(specs, repeats))
         for statistic in STATISTICS:
             sums = [self.raw_sum_ms(spec, statistic) for spec in specs]
             figures = [m.statistic_ms(statistic) for m in whole]
             boundaries = [self.boundary_millions(spec) for spec in specs]
             weights = [self.weights_millions(spec) for spec in specs]
+            extremes = [(self.raw_sum_ms(spec, statistic), self.boundary_millions(spec), self.weights_millions(spec))
+                        for spec in unfitted]
             self.corrections[_correction_key(family, statistic)] = fit_correction_terms(
-                sums, figures, boundaries, weights, units=len(units_of(specs[0], self.input_shape)))  # type: ignore[arg-type]
+                sums, figures, boundaries, weights, units=len(units_of(specs[0], self.input_shape)),  # type: ignore[arg-type]
+                unfitted=extremes)
         self.save()
         return self.corrections[_correction_key(family, self.statistic)]
 

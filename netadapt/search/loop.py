@@ -31,6 +31,7 @@ from netadapt.executor import (
 from netadapt.groups import (
     ChannelGroup,
     candidate_widths,
+    lower_bound_spec,
     prunable_groups,
     removable_blocks,
     with_width,
@@ -248,7 +249,8 @@ def _run(config: Config, run: RunDir, resume, executor, measurer: Measurer, data
         if table.correction_specs(model.spec) == 0:
             table.fit_correction(calibration_specs(model.spec, config.lut.correction_samples, config.lut.granularity,
                                                    config.lut.min_channels, config.lut.seed),
-                                 repeats=config.lut.network_passes)
+                                 repeats=config.lut.network_passes,
+                                 unfitted=[lower_bound_spec(model.spec, config.lut.min_channels, config.lut.granularity)])
         table_base = table.predict_ms(model.spec)
         calibration.observe(table_base, base_ms)
         smallest = search_floor(model.spec, config)
