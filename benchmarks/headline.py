@@ -1,45 +1,49 @@
-"""The headline comparison (issue 6): NetAdapt's family against width multipliers.
+"""The headline: NetAdapt against width multipliers on full Fashion-MNIST, with equal training.
 
-The NetAdapt paper reports up to 1.7x lower measured latency than MobileNet
-width multipliers at equal or higher accuracy. This script repeats that
-comparison on the configured data (default: the embedded Fashion-MNIST
-subset, MobileNetV3-Small 1.0 at 28x28) and the configured target (default:
-this CPU), in one run:
+Is NetAdapt's network more accurate than a width multiplier at the same
+measured latency? Each step below is declared before its results are seen,
+and each is kept in WORK (default runs/headline), so a killed run resumes
+where it stopped and never retrains a finished arm:
 
-1. budget: the multiplier networks are measured first (latency needs no
-   trained weights) and the search's budget is set to `--budget-margin`
-   (0.9) times the lowest of them, normally the smallest width's, so the
-   family spans the whole multiplier curve. It is never set below 1.1x the
-   measured latency of the search space's smallest network, which the search
-   could not reach. A budget given in the config (search.budget_ms or
-   search.budget_ratio) is used as it is.
-2. base, search: the cached base network (`obtain_base_model`), then
-   `run_search`; an existing `--run` is resumed or, when finished, reused.
-3. multipliers: the base architecture at each `--widths` multiplier, trained
-   from scratch with the base's recipe (`train` section) for as many steps as
-   the search's final network has had: base steps + short-term fine-tunes
-   along its lineage (iterations x search.finetune_steps) + the search's
-   long fine-tune + `--long-finetune`. Checkpoints are kept in RUN/baseline/.
-4. family: the run's Pareto members, exported to RUN/family with
-   `export_family` (fine-tuned `--long-finetune` steps first when given),
-   which also evaluates their test accuracy.
-5. measure: every multiplier and every member, measured whole in the same
-   `--passes` interleaved passes on the same target, keeping each network's
-   best (`measure_best_of`). On a shared VM one network's figure moves by
-   +-30% between moments, so figures from different moments (search time,
-   export time) are never compared here.
-6. write: OUT/headline.csv (one row per network), OUT/comparison.csv (one row
-   per multiplier: NetAdapt's speed-up at matched accuracy, its accuracy gain
-   at matched latency, whether a member dominates), OUT/headline.md (both
-   tables, the summary, the machine and the command), OUT/pareto.png (the
-   figures of step 5) and RUN/baseline.csv, then `netadapt report RUN`
-   (RUN/pareto.png, which plots the family at its search-time latencies).
+1. budgets: MobileNetV3-Small at widths 0.75, 0.5 and 0.35 (`--widths`),
+   measured whole and interleaved (`--passes`). Their figures are the budgets,
+   written to WORK/budgets.json before the search starts.
+2. base: Small 1.0 trained with the config's `train` recipe (cached). The
+   settings are the defaults but for HEADLINE_OVERRIDES (below), which size
+   the run to about an hour; `--set` changes any of them.
+3. search: one `run_search` in WORK/search, down to `--search-margin` x the
+   lowest budget (slightly below it, so that the side-by-side measurement
+   of step 4 finds a network under every budget despite drift).
+4. latency: the base, every iteration's network and every multiplier, measured
+   in one interleaved run (`--passes`, at least 10 for the headline). The
+   figure that decides is the one the search uses (measure.statistic, best
+   of the passes); the fastest run and the median are reported beside it.
+5. pick: at each budget, NetAdapt's network is the first iteration whose
+   figure is at or under the multiplier's in that same run.
+6. arms, each for every seed (`--seeds`), tested on the 10k test images:
+   - multiplier: trained from scratch;
+   - netadapt: the picked network fine-tuned from its pruned weights for
+     `--final-steps` steps (cosine decay from `--finetune-lr`; distilled from
+     the base when train.distill_alpha > 0);
+   - netadapt_scratch: the picked architecture trained from scratch (Liu et
+     al., ICLR 2019: a control, not a goal).
+   The from-scratch arms use the base's recipe (warmup, cosine decay from
+   train.lr) for as many steps as the netadapt arm's lineage: the base's
+   train.steps, search.finetune_steps for each iteration on its path, and
+   `--final-steps`. `--curve-widths` (default 1.0) are trained the same way
+   for the longest lineage; they only extend the multiplier curve.
+7. compare: NetAdapt minus multiplier in test accuracy, mean over seeds, with
+   a paired bootstrap 95% interval over the test images; the multiplier
+   curve's latency at NetAdapt's accuracy over NetAdapt's latency.
+8. write: OUT/comparison.csv (one row per budget), OUT/arms.csv (one row per
+   arm and seed), OUT/headline.md and OUT/pareto.png. The trained networks
+   are WORK/arms/*.onnx, for anyone to re-evaluate.
 
-    python benchmarks/headline.py                          # defaults; meant to take under 60 min on 2 cores
-    python benchmarks/headline.py --run runs/search-<time> # reuse a `netadapt search` run as it is
-    NETADAPT_CACHE=/tmp/hl-cache python benchmarks/headline.py --out /tmp/hl --run /tmp/hl/run \\
-        --set train.steps=30 --set search.finetune_steps=2 --set search.max_iterations=2 \\
-        --widths 1.0 0.35 --passes 2                       # smoke test, a few minutes
+    python benchmarks/headline.py                  # the headline; the README gives its time
+    python benchmarks/headline.py --quick --data DIR --work /tmp/hl --out /tmp/hl/out   # the pipeline in minutes
+
+The data are the four Fashion-MNIST idx files (`--data`, default
+/usr/share/datasets/fashion-mnist: `apt-get install dataset-fashion-mnist`).
 """
 
 from __future__ import annotations
@@ -47,60 +51,136 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import json
 import math
 import os
 import platform
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 import pandas as pd
 import torch
 
-from mobilenetv3 import NetSpec, build, count, preset
-from mobilenetv3.fileio import atomic_write_text
+from mobilenetv3 import MobileNetV3, NetSpec, build, preset
+from mobilenetv3.fileio import atomic_write_bytes, atomic_write_text
 from netadapt.base import obtain_base_model
-from netadapt.benchmark import cpu_model, measure_best_of
+from netadapt.benchmark import Measurement, cpu_model, measure_passes
 from netadapt.cli.common import add_config_arguments
-from netadapt.config import Config, load_config, to_dict
-from netadapt.data import Dataset, load_dataset
+from netadapt.comparison import latency_at_accuracy, paired_difference
+from netadapt.config import Config, load_config
+from netadapt.data import Dataset, Split, load_dataset
 from netadapt.errors import ConfigError, NetadaptError
-from netadapt.family import export_family
-from netadapt.groups import lower_bound_spec
 from netadapt.measurers import make_measurer
-from netadapt.report import BASELINE_FILE, compare_to_baseline, plot_pareto, report
+from netadapt.onnx_export import onnx_bytes
 from netadapt.rundir import RunDir
 from netadapt.search import run_search
-from netadapt.train import evaluate, load_checkpoint, save_checkpoint, train
+from netadapt.train import load_checkpoint, save_checkpoint, train
 
-NETWORK_COLUMNS = ["name", "kind", "width", "iteration", "measured_ms", "test_acc", "holdout_acc", "params", "macs",
-                   "train_steps"]
-# Budget keys are chosen by this script for a new run, so a run differs from the requested config in them.
-BUDGET_KEYS = {"search.budget_ms", "search.budget_ratio"}
+COMPARISON_COLUMNS = ["budget_ms", "multiplier", "multiplier_ms", "multiplier_acc", "netadapt_ms", "netadapt_acc",
+                      "acc_gain_pts", "ci_low_pts", "ci_high_pts", "speedup_at_matched_acc"]
+ARM_KINDS = ("multiplier", "netadapt", "netadapt_scratch", "curve")
+TIE_SHARE = 0.03  # latencies closer than this are a tie
+DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"
+# The headline's own settings, sized so that it runs in about an hour on 2 cores:
+# each from-scratch arm trains for the whole lineage, so base steps, fine-tune
+# steps and iterations are what the time goes on. A 2,000-image holdout, not the
+# automatic 5,000: the prescreen scores every proposal on it (1,000 images/s here).
+HEADLINE_OVERRIDES = [
+    "train.steps=300", "data.holdout=2000", "search.initial_reduction=0.08", "search.finetune_steps=15",
+    "search.finetune_top=4",
+]
+# --quick: every step on tiny settings, for the test and a first look (minutes, not an hour).
+QUICK_OVERRIDES = [
+    "train.steps=20", "train.batch_size=64", "train.bn_recalibration=128", "data.holdout=300",
+    "search.finetune_steps=2", "search.finetune_top=1", "search.max_iterations=4", "search.initial_reduction=0.2",
+    "search.decay=1.0", "measure.warmup_runs=2", "measure.min_runs=5", "measure.min_seconds=0.02",
+    "measure.repeats=1", "lut.correction_samples=4", "lut.network_passes=1",
+]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One network to train and test: which arm, at which budget, from what, for how many steps."""
+
+    kind: str  # one of ARM_KINDS
+    name: str  # e.g. "multiplier-0.50" or "netadapt-iter07"
+    seed: int
+    spec: NetSpec
+    steps: int
+    schedule: str  # how it trains, for the tables
+    start: Path | None = None  # the checkpoint it is fine-tuned from; None: from scratch
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}-s{self.seed}"
+
+
+@dataclass(frozen=True)
+class ArmResult:
+    """A trained arm's test figures (kept as WORK/arms/KEY.json beside KEY.npy, the per-image scores)."""
+
+    kind: str
+    name: str
+    seed: int
+    steps: int
+    schedule: str
+    test_acc: float  # in [0, 1]
+    train_s: float
+
+
+@dataclass(frozen=True)
+class Latency:
+    """A network's figures in the side-by-side measurement (ms)."""
+
+    name: str
+    ms: float  # the target's statistic (measure.statistic), best of the passes: what decides, as in the search
+    fastest_ms: float  # the fastest run of any pass
+    median_ms: float  # the median over the passes of each pass's median run
+
+    @classmethod
+    def of(cls, name: str, passes: tuple[Measurement, ...] | list[Measurement]) -> "Latency":
+        return cls(name, min(m.latency_ms for m in passes), min(m.min_ms for m in passes),
+                   float(np.median([m.median_ms for m in passes])))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
-    parser.add_argument("--out", default="benchmarks/results/headline", metavar="DIR",
-                        help="where the tables and the plot go (default: %(default)s)")
-    parser.add_argument("--run", default="runs/headline", metavar="DIR",
-                        help="the search's run directory: created, resumed or reused (default: %(default)s)")
-    parser.add_argument("--widths", type=float, nargs="+", default=[1.0, 0.75, 0.5, 0.35], metavar="W",
-                        help="width multipliers of the baseline (default: %(default)s)")
-    # NetAdapt Alg. 1 ends with a long-term fine-tune; the multipliers get the same steps on top.
-    parser.add_argument("--long-finetune", type=int, default=200, metavar="STEPS",
-                        help="fine-tune each family member this many steps; the multipliers train as many more "
-                             "(default %(default)s)")
-    parser.add_argument("--passes", type=int, default=10,
-                        help="interleaved measuring passes over all networks; each keeps its best (default 10)")
-    parser.add_argument("--budget-margin", type=float, default=0.9,
-                        help="search budget as a fraction of the fastest multiplier's latency (default 0.9)")
+    parser.add_argument("--data", default=DEFAULT_DATA, help="folder with the Fashion-MNIST idx files (default: %(default)s)")
+    parser.add_argument("--work", default=None, metavar="DIR",
+                        help="resumable state, search run and trained networks (default: runs/headline, "
+                             "runs/headline-quick with --quick)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="tables and plot (default: benchmarks/results/headline; WORK/results with --quick)")
+    parser.add_argument("--widths", type=float, nargs="+", default=[0.75, 0.5, 0.35], metavar="W",
+                        help="the multipliers whose latencies are the budgets (default: %(default)s)")
+    parser.add_argument("--curve-widths", type=float, nargs="*", default=None, metavar="W",
+                        help="more multipliers on the curve only (default: 1.0; none with --quick)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default: %(default)s)")
+    parser.add_argument("--final-steps", type=int, default=None,
+                        help="the netadapt arm's final fine-tune (default 200; 5 with --quick)")
+    parser.add_argument("--finetune-lr", type=float, default=0.02,
+                        help="peak LR of that fine-tune, cosine-decayed (default: %(default)s)")
+    parser.add_argument("--passes", type=int, default=None, help="interleaved measuring passes (default 10; 2 with --quick)")
+    parser.add_argument("--search-margin", type=float, default=0.97,
+                        help="the search's budget as a share of the lowest budget (default: %(default)s)")
+    parser.add_argument("--resamples", type=int, default=None, help="bootstrap resamples (default 4000; 200 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="the whole pipeline on tiny settings, in minutes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args()
+    quick = args.quick
+    args.work = Path(args.work or ("runs/headline-quick" if quick else "runs/headline"))
+    args.out = Path(args.out or (args.work / "results" if quick else "benchmarks/results/headline"))
+    args.curve_widths = args.curve_widths if args.curve_widths is not None else ([] if quick else [1.0])
+    args.final_steps = args.final_steps if args.final_steps is not None else (5 if quick else 200)
+    args.passes = args.passes if args.passes is not None else (2 if quick else 10)
+    args.resamples = args.resamples if args.resamples is not None else (200 if quick else 4000)
     try:
         return headline(args)
     except NetadaptError as error:
@@ -109,242 +189,396 @@ def main() -> int:
 
 
 def headline(args: argparse.Namespace) -> int:
-    if args.long_finetune < 0 or args.passes < 1 or min(args.widths) <= 0 or not 0 < args.budget_margin <= 1:
-        raise ConfigError("need --long-finetune >= 0, --passes >= 1, --widths > 0 and 0 < --budget-margin <= 1")
-    progress = not args.no_progress
+    check_arguments(args)
     command = shlex.join(["python", *sys.argv])
     machine = (f"{platform.platform()}; {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, "
                f"onnxruntime {ort.__version__}")
     print(f"command: {command}\nmachine: {machine}")
-    phases: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def phase_done(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        phases[name] = now - clock
-        clock = now
-        print(f"[{name}: {phases[name]:.1f} s]")
-
-    run = RunDir(args.run)
-    config = run_config(args, run)
-    if config.model.spec is not None:
-        raise ConfigError("model.spec: width multipliers need a preset base (model.preset), not a spec file")
+    clock = PhaseClock()
+    config = headline_config(args)
     dataset = load_dataset(config.data)
+    print(f"data: {dataset.source}: {len(dataset.train)} train, {len(dataset.holdout)} holdout, {len(dataset.test)} test")
     shape = (config.target.batch, dataset.in_channels, config.data.resolution, config.data.resolution)
     measurer = make_measurer(config.target, config.measure, shape)
-    multipliers = [(width, preset(config.model.preset, width=width, num_classes=dataset.num_classes,
-                                  in_channels=dataset.in_channels)) for width in args.widths]
-    names = [f"{config.model.preset}-{width:.2f}" for width, _ in multipliers]
+    multipliers = {width: small(config, dataset, width) for width in args.widths}
+    curve = {width: small(config, dataset, width) for width in args.curve_widths}
 
-    new_run = run.read_state() is None and not run.config_path.is_file()
-    if new_run and config.search.budget_ms is None and config.search.budget_ratio is None:
-        budget_ms = choose_budget(config, dataset, [spec for _, spec in multipliers], names, measurer, shape,
-                                  args.passes, args.budget_margin)
-        config = dataclasses.replace(config, search=dataclasses.replace(config.search, budget_ms=budget_ms))
-    phase_done("setup and budget")
+    budgets = declared_budgets(args, multipliers, measurer, shape)
+    clock.done("budgets")
+    obtain_base_model(config, dataset, progress=not args.no_progress)
+    clock.done("base network")
+    run = search(args, config, dataset, min(budgets.values()))
+    clock.done("search")
 
-    if run.read_state() is None:  # a new run, or one killed before its base was committed
-        obtain_base_model(config, dataset, progress=progress)
-        phase_done("base network")
-    if new_run:
-        result = run_search(config, out=run.path, dataset=dataset, progress=progress)
-    else:
-        print(f"reusing the search run {run.path}: its config.yaml decides every setting")
-        result = run_search(resume=run.path, dataset=dataset, progress=progress)
-    phase_done("search")
+    networks = run.iteration_networks()
+    iterations = {network.iteration: network.spec for network in networks}
+    named = {**{multiplier_name(w): spec for w, spec in {**multipliers, **curve}.items()},
+             **{iteration_name(i): spec for i, spec in iterations.items()}}
+    latency = side_by_side(args, named, measurer, shape)
+    clock.done("latency")
 
-    state = run.read_state()
-    lineage_steps = config.train.steps + state.iteration * config.search.finetune_steps
-    steps = lineage_steps + config.search.long_finetune_steps + args.long_finetune
-    baseline = train_multipliers(config, dataset, run, multipliers, names, steps, progress)
-    phase_done("multipliers")
+    picks = {width: pick(latency, multiplier_name(width), iterations) for width in args.widths}
+    for width, iteration in picks.items():
+        where = "none at or under it" if iteration is None else f"iteration {iteration}"
+        print(f"budget {multiplier_name(width)} ({latency[multiplier_name(width)].fastest_ms:.4f} ms): {where}")
+    arms = plan_arms(args, config, run, multipliers, curve, iterations, picks)
+    results = {arm.key: train_arm(args, config, dataset, run, arm, shape) for arm in arms}
+    clock.done("arms")
 
-    suffix = f"-long{args.long_finetune}" if args.long_finetune else ""
-    exported = export_family(run.path, run.path / f"family{suffix}", args.long_finetune, dataset=dataset,
-                             progress=progress)
-    family = pd.DataFrame({
-        "name": [f"netadapt-{int(i):02d}" for i in exported["iteration"]],
-        "kind": "netadapt",
-        "width": math.nan,
-        "iteration": exported["iteration"].astype(int),
-        "test_acc": exported["test_acc"],
-        "holdout_acc": exported["holdout_acc"],
-        "params": exported["params"],
-        "macs": exported["macs"],
-        "train_steps": config.train.steps + exported["iteration"] * config.search.finetune_steps + args.long_finetune,
-    })
-    family_specs = [NetSpec.load(run.path / f"family{suffix}" / name / "spec.yaml") for name in exported["name"]]
-    phase_done("family")
-
-    specs = [spec for _, spec in multipliers] + family_specs
-    print(f"measuring {len(specs)} networks together, {args.passes} interleaved passes ...")
-    figures = [m.latency_ms for m in measure_best_of(specs, measurer, shape, args.passes)]
-    baseline["measured_ms"] = figures[: len(multipliers)]
-    family["measured_ms"] = figures[len(multipliers):]
-    phase_done("measure")
-
-    networks = pd.concat([baseline, family], ignore_index=True)[NETWORK_COLUMNS]
-    comparison = compare_to_baseline(family, baseline)
-    summary = summary_lines(comparison, family, result.budget_ms, result.stop_reason)
-    out = Path(args.out)
-    write_csv(out / "headline.csv", networks)
-    write_csv(out / "comparison.csv", comparison)
-    write_csv(run.path / BASELINE_FILE, baseline[["name", "measured_ms", "test_acc"]])
-    plotted = plot_pareto(family.assign(pareto=True), baseline, out / "pareto.png", iterations=False)
-    text, run_plot = report(run.path)
-    phase_done("write")
-
-    networks_text = networks_table(networks)
-    comparison_text = comparison_table(comparison)
-    phase_lines = [f"- {name}: {seconds:.1f} s" for name, seconds in phases.items()]
-    total = sum(phases.values())
-    atomic_write_text(out / "headline.md", "\n".join([
-        "# NetAdapt's family against width multipliers",
-        "",
-        f"Measured latency: `{config.measure.statistic}` figure of each network's best of {args.passes} interleaved "
-        f"passes, all networks in the same run; {config.data.dataset} data at {shape}; search run `{run.path}`.",
-        "",
-        networks_text,
-        "",
-        comparison_text,
-        "",
-        *summary,
-        "",
-        f"- command: `{command}`",
-        f"- machine: {machine}",
-        f"- wall time: {total:.0f} s in all",
-        *phase_lines,
-        "",
-    ]))
-    print(f"\n{text}\n\n{networks_text}\n\n{comparison_text}\n")
-    print("\n".join(summary))
-    print("\nwall time per phase:\n" + "\n".join(phase_lines) + f"\n- total: {total:.1f} s")
-    print(f"wrote {out / 'headline.csv'}, {out / 'comparison.csv'}, {out / 'headline.md'}"
-          + (f", {out / 'pareto.png'}, {run_plot}" if plotted else " (no plots: pip install 'netadapt[plot]')"))
+    comparison = compare(args, budgets, picks, latency, results)
+    write_outputs(args, config, command, machine, clock, len(dataset.test), budgets, latency, picks, arms, results, comparison)
     return 0
 
 
-# ------------------------------------------------------------------ the steps
-def run_config(args: argparse.Namespace, run: RunDir) -> Config:
-    """The requested config for a new run; the run's own for an existing one.
+# ------------------------------------------------------------------ set-up
+def check_arguments(args: argparse.Namespace) -> None:
+    if not args.widths or min(args.widths + args.curve_widths) <= 0 or max(args.widths + args.curve_widths) > 1:
+        raise ConfigError(f"--widths and --curve-widths must be in (0, 1], got {args.widths} and {args.curve_widths}")
+    if len(set(args.widths) | set(args.curve_widths)) != len(args.widths) + len(args.curve_widths):
+        raise ConfigError("--widths and --curve-widths must not repeat a width")
+    if args.final_steps < 0 or args.passes < 1 or args.resamples < 1 or not args.seeds:
+        raise ConfigError("need --final-steps >= 0, --passes >= 1, --resamples >= 1 and at least one --seeds")
+    if not 0 < args.search_margin <= 1 or not args.finetune_lr > 0:
+        raise ConfigError(f"need 0 < --search-margin <= 1 and --finetune-lr > 0, got {args.search_margin}, {args.finetune_lr}")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise ConfigError(f"--seeds must not repeat a seed, got {args.seeds}")
 
-    An existing run is refused when `--config`/`--set` ask for other settings
-    than it has, so a changed config never silently reuses an old search.
+
+def headline_config(args: argparse.Namespace) -> Config:
+    """The config: full Fashion-MNIST from `--data`, Small 1.0, then --quick's and the user's overrides.
+
+    Refused when a budget is set: the budgets are the multipliers' latencies.
     """
-    requested = load_config(args.config, args.overrides)
-    if not run.config_path.is_file():
-        return requested
-    config = load_config(run.config_path)
-    if args.config or args.overrides:
-        theirs, ours = flatten(to_dict(config)), flatten(to_dict(requested))
-        differing = sorted(key for key in theirs.keys() | ours.keys()
-                           if key not in BUDGET_KEYS and theirs.get(key) != ours.get(key))
-        if differing:
-            raise ConfigError(f"{run.config_path}: the existing run differs from --config/--set in {differing}; "
-                              "choose another --run, or drop --config/--set to reuse the run as it is")
+    overrides = ["data.dataset=fashion-mnist", f"data.path={args.data}", "model.preset=small", "model.width=1.0",
+                 "search.long_finetune_steps=0", *(QUICK_OVERRIDES if args.quick else HEADLINE_OVERRIDES),
+                 *args.overrides]
+    config = load_config(args.config, overrides)
+    if config.search.budget_ms is not None or config.search.budget_ratio is not None:
+        raise ConfigError("search.budget_ms / search.budget_ratio: the headline sets the budgets itself "
+                          "(the multipliers' measured latencies); drop them from --config/--set")
+    if config.model.spec is not None or config.model.checkpoint is not None:
+        raise ConfigError("model.spec / model.checkpoint: the headline searches from Small 1.0 trained here")
     return config
 
 
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+def small(config: Config, dataset: Dataset, width: float) -> NetSpec:
+    return preset("small", width=width, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
 
 
-def choose_budget(config: Config, dataset: Dataset, specs: list[NetSpec], names: list[str], measurer, shape,
-                  passes: int, margin: float) -> float:
-    """`margin` x the fastest multiplier, but above the smallest network the search space holds."""
-    base = preset(config.model.preset, width=config.model.width, num_classes=dataset.num_classes,
-                  in_channels=dataset.in_channels)
-    smallest = lower_bound_spec(base, config.lut.min_channels, config.lut.granularity)
-    figures = [m.latency_ms for m in measure_best_of([*specs, smallest], measurer, shape, passes)]
-    for name, figure in zip([*names, "search-space minimum"], figures):
-        print(f"  {name}: {figure:.3f} ms")
-    floor = 1.1 * figures[-1]
-    budget = max(margin * min(figures[:-1]), floor)
-    print(f"search budget: {budget:.3f} ms ({margin:g} x the fastest multiplier"
-          + (f", raised to 1.1 x the search space's minimum {figures[-1]:.3f} ms)" if budget == floor else ")"))
-    return budget
+def multiplier_name(width: float) -> str:
+    return f"multiplier-{width:.2f}"
 
 
-def train_multipliers(config: Config, dataset: Dataset, run: RunDir, multipliers: list[tuple[float, NetSpec]],
-                      names: list[str], steps: int, progress: bool) -> pd.DataFrame:
-    """Train each multiplier from scratch with the base's recipe (kept in RUN/baseline/), and evaluate it."""
+def iteration_name(iteration: int) -> str:
+    return f"netadapt-iter{iteration:02d}"
+
+
+class PhaseClock:
+    """Wall time per step, for the README's time figures."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = now - self._last
+        self._last = now
+        print(f"[{name}: {self.phases[name]:.1f} s]")
+
+
+# ------------------------------------------------------------------ steps 1-5
+def declared_budgets(args: argparse.Namespace, multipliers: dict[float, NetSpec], measurer, shape) -> dict[float, float]:
+    """The multipliers' figures (ms, as the search measures), measured once and kept in WORK/budgets.json."""
+    path = args.work / "budgets.json"
+    if path.is_file():
+        stored = read_json(path)
+        budgets = {float(width): float(ms) for width, ms in stored["budgets_ms"].items()}
+        if sorted(budgets) != sorted(multipliers):
+            raise ConfigError(f"{path}: declared for widths {sorted(budgets)}, but --widths asks for "
+                              f"{sorted(multipliers)}; choose another --work")
+        print(f"budgets declared before: {budgets}")
+        return budgets
+    passes = measure_passes(list(multipliers.values()), measurer, shape, args.passes)
+    figures = [Latency.of(multiplier_name(width), column).ms for width, column in zip(multipliers, zip(*passes))]
+    budgets = dict(zip(multipliers, figures))
+    for width, ms in budgets.items():
+        print(f"budget: {multiplier_name(width)} runs in {ms:.4f} ms (best of {args.passes} interleaved passes)")
+    write_json(path, {"budgets_ms": {str(width): ms for width, ms in budgets.items()}, "passes": args.passes,
+                      "declared": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return budgets
+
+
+def search(args: argparse.Namespace, config: Config, dataset: Dataset, lowest_budget_ms: float) -> RunDir:
+    """Run the search in WORK/search to `--search-margin` x the lowest budget, resuming a killed one."""
+    run = RunDir(args.work / "search")
+    state = run.read_state() if run.state_path.is_file() else None
+    progress = not args.no_progress
+    if state is not None and state.finished:
+        print(f"search: finished before in {run.path}")
+    elif state is not None:
+        print(f"search: resuming {run.path} after iteration {state.iteration}")
+        run_search(resume=run.path, dataset=dataset, progress=progress)
+    else:
+        budget = args.search_margin * lowest_budget_ms
+        searched = dataclasses.replace(config, search=dataclasses.replace(config.search, budget_ms=budget))
+        print(f"search: to {budget:.4f} ms ({args.search_margin:g} x the lowest budget)")
+        run_search(searched, out=run.path, dataset=dataset, progress=progress)
+    return run
+
+
+def side_by_side(args: argparse.Namespace, named: dict[str, NetSpec], measurer, shape) -> dict[str, Latency]:
+    """Every network measured in the same interleaved passes; kept in WORK/latency.csv."""
+    path = args.work / "latency.csv"
+    if path.is_file():
+        frame = pd.read_csv(path)
+        if set(frame["name"]) == set(named):
+            print(f"latency: measured before, {path}")
+            return {row.name: Latency(row.name, float(row.ms), float(row.fastest_ms), float(row.median_ms))
+                    for row in frame.itertuples()}
+    print(f"latency: {len(named)} networks, {args.passes} interleaved passes ...")
+    passes = measure_passes(list(named.values()), measurer, shape, args.passes)
+    latency = {name: Latency.of(name, column) for name, column in zip(named, zip(*passes))}
+    write_csv(path, pd.DataFrame([dataclasses.asdict(figure) for figure in latency.values()]))
+    return latency
+
+
+def pick(latency: dict[str, Latency], budget_name: str, iterations: dict[int, NetSpec]) -> int | None:
+    """The first iteration at or under the budget's multiplier in the side-by-side run; None if none is."""
+    budget = latency[budget_name].ms
+    for iteration in sorted(iterations):
+        if latency[iteration_name(iteration)].ms <= budget:
+            return iteration
+    return None
+
+
+# ------------------------------------------------------------------ step 6
+def lineage_steps(config: Config, iteration: int, final_steps: int) -> int:
+    """Training steps a network of `iteration` has seen: the base's, one fine-tune per iteration, the final steps."""
+    return config.train.steps + iteration * config.search.finetune_steps + final_steps
+
+
+def plan_arms(args: argparse.Namespace, config: Config, run: RunDir, multipliers: dict[float, NetSpec],
+              curve: dict[float, NetSpec], iterations: dict[int, NetSpec], picks: dict[float, int | None]) -> list[Arm]:
+    """Every network to train, for every seed, in the order they train."""
+    scratch = f"from scratch: {config.train.lr:g} peak LR, {config.train.warmup:.0%} warmup, cosine decay"
+    finetuned = (f"fine-tuned from the pruned weights: {args.finetune_lr:g} peak LR, cosine decay"
+                 + (f", distilled from the base (alpha {config.train.distill_alpha:g})" if config.train.distill_alpha else ""))
+    reached = [iteration for iteration in picks.values() if iteration is not None]
+    longest = lineage_steps(config, max(reached, default=0), args.final_steps)
+    arms = []
+    for seed in args.seeds:
+        for width, iteration in picks.items():
+            steps = lineage_steps(config, iteration if iteration is not None else 0, args.final_steps)
+            arms.append(Arm("multiplier", multiplier_name(width), seed, multipliers[width], steps, scratch))
+            if iteration is None:
+                continue
+            name = iteration_name(iteration)
+            arms.append(Arm("netadapt", name, seed, iterations[iteration], args.final_steps, finetuned,
+                            run.checkpoint_path(iteration)))
+            arms.append(Arm("netadapt_scratch", f"{name}-scratch", seed, iterations[iteration], steps, scratch))
+        for width, spec in curve.items():
+            arms.append(Arm("curve", multiplier_name(width), seed, spec, longest, scratch))
+    unique: dict[str, Arm] = {}
+    for arm in arms:  # two budgets can pick the same iteration
+        unique.setdefault(arm.key, arm)
+    return list(unique.values())
+
+
+def train_arm(args: argparse.Namespace, config: Config, dataset: Dataset, run: RunDir, arm: Arm, shape) -> ArmResult:
+    """Train and test `arm`, or read its result when a previous run finished it."""
+    folder = args.work / "arms"
+    result_path = folder / f"{arm.key}.json"
+    if result_path.is_file() and (folder / f"{arm.key}.npy").is_file():
+        result = ArmResult(**read_json(result_path))
+        if (result.kind, result.name, result.seed, result.steps) == (arm.kind, arm.name, arm.seed, arm.steps):
+            print(f"{arm.key}: trained before ({result.test_acc:.2%})")
+            return result
+    start = time.perf_counter()
+    if arm.start is None:
+        model = build(arm.spec, seed=arm.seed)
+        train(model, dataset.train, config.train, arm.steps, seed=arm.seed, progress=not args.no_progress)
+    else:
+        model = load_checkpoint(arm.start)
+        if model.spec != arm.spec:
+            raise ConfigError(f"{arm.start}: holds another network than {arm.name}'s spec; the search run was changed")
+        recipe = dataclasses.replace(config.train, lr=args.finetune_lr, warmup=0.0)
+        teacher = load_checkpoint(run.checkpoint_path(0)) if config.train.distill_alpha > 0 else None
+        train(model, dataset.train, recipe, arm.steps, seed=arm.seed, progress=not args.no_progress, teacher=teacher)
+    seconds = time.perf_counter() - start
+    correct = correct_per_image(model, dataset.test, config.train.eval_batch_size)
+    result = ArmResult(arm.kind, arm.name, arm.seed, arm.steps, arm.schedule, float(correct.mean()), seconds)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(folder / f"{arm.key}.pt", model)
+    atomic_write_bytes(folder / f"{arm.key}.onnx", onnx_bytes(model, shape))
+    buffer = io.BytesIO()
+    np.save(buffer, correct)
+    atomic_write_bytes(folder / f"{arm.key}.npy", buffer.getvalue())
+    write_json(result_path, dataclasses.asdict(result))  # last: its presence says the arm is complete
+    print(f"{arm.key}: {arm.steps} steps in {seconds:.0f} s, test accuracy {result.test_acc:.2%}")
+    return result
+
+
+@torch.no_grad()
+def correct_per_image(model: MobileNetV3, split: Split, batch_size: int) -> np.ndarray:
+    """Whether each image of `split` is classified right (bool, in the split's order)."""
+    model.eval()
+    chunks = [model(split.images[start:start + batch_size]).argmax(dim=1) == split.labels[start:start + batch_size]
+              for start in range(0, len(split), batch_size)]
+    return torch.cat(chunks).numpy()
+
+
+# ------------------------------------------------------------------ step 7
+def seeds_correct(args: argparse.Namespace, name: str) -> np.ndarray:
+    """[seeds, images]: the arm's per-image scores for every seed."""
+    return np.stack([np.load(args.work / "arms" / f"{name}-s{seed}.npy") for seed in args.seeds])
+
+
+def compare(args: argparse.Namespace, budgets: dict[float, float], picks: dict[float, int | None],
+            latency: dict[str, Latency], results: dict[str, ArmResult]) -> pd.DataFrame:
+    """One row per budget, with the columns COMPARISON_COLUMNS (accuracies in percent)."""
+    def mean_acc(name: str) -> float:
+        return 100 * float(np.mean([results[f"{name}-s{seed}"].test_acc for seed in args.seeds]))
+
+    curve_names = [multiplier_name(w) for w in sorted(set(args.widths) | set(args.curve_widths))]
+    curve_ms = [latency[name].ms for name in curve_names]
+    curve_acc = [mean_acc(name) for name in curve_names]
     rows = []
-    for (width, spec), name in zip(multipliers, names):
-        path = run.path / "baseline" / f"{name}-{steps}steps.pt"
-        if path.is_file():
-            model = load_checkpoint(path)
-            print(f"{name}: trained {steps} steps before, {path}")
+    for width, iteration in picks.items():
+        name = multiplier_name(width)
+        row: dict[str, Any] = {"budget_ms": budgets[width], "multiplier": width, "multiplier_ms": latency[name].ms,
+                               "multiplier_acc": mean_acc(name)}
+        if iteration is None:
+            row.update({column: math.nan for column in COMPARISON_COLUMNS[4:]})
         else:
-            model = build(spec)
-            stats = train(model, dataset.train, config.train, steps, config.seed, progress=progress)
-            save_checkpoint(path, model)
-            print(f"{name}: trained {steps} steps in {stats.seconds:.0f} s ({stats.images_per_second:.0f} images/s)")
-        units = count(spec, config.data.resolution)
-        rows.append({"name": name, "kind": "multiplier", "width": width, "iteration": pd.NA,
-                     "test_acc": evaluate(model, dataset.test, config.train.eval_batch_size),
-                     "holdout_acc": evaluate(model, dataset.holdout, config.train.eval_batch_size),
-                     "params": sum(u.params for u in units), "macs": sum(u.macs for u in units),
-                     "train_steps": steps})
-    return pd.DataFrame(rows)
+            ours = iteration_name(iteration)
+            difference = paired_difference(seeds_correct(args, ours), seeds_correct(args, name), args.resamples)
+            accuracy = mean_acc(ours)
+            row.update({"netadapt_ms": latency[ours].ms, "netadapt_acc": accuracy,
+                        "acc_gain_pts": difference.mean_pts, "ci_low_pts": difference.ci_low_pts,
+                        "ci_high_pts": difference.ci_high_pts,
+                        "speedup_at_matched_acc": latency_at_accuracy(curve_ms, curve_acc, accuracy)
+                        / latency[ours].ms})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 
-# ------------------------------------------------------------------ reporting
-def summary_lines(comparison: pd.DataFrame, family: pd.DataFrame, budget_ms: float,
-                  stop_reason: str | None) -> list[str]:
-    """One line on how many multiplier points the family dominates, then one per point it does not, with why."""
-    missed = comparison[~comparison["dominated"]]
-    lines = [f"The NetAdapt family ({len(family)} member{'s' if len(family) != 1 else ''}) dominates "
-             f"{len(comparison) - len(missed)} of {len(comparison)} multiplier points (a member with lower-or-equal "
-             "latency and higher-or-equal test accuracy)."]
-    if comparison["speedup"].notna().any():
-        best = comparison.loc[comparison["speedup"].idxmax()]
-        lines.append(f"- best speed-up at matched accuracy: {best['speedup']:.2f}x over {best['name']}")
-    if comparison["acc_gain"].notna().any():
-        best = comparison.loc[comparison["acc_gain"].idxmax()]
-        lines.append(f"- best accuracy gain at matched latency: {100 * best['acc_gain']:+.2f} points "
-                     f"over {best['name']}")
-    for row in missed.itertuples():
-        if math.isnan(row.acc_gain):
-            why = (f"no member is as fast (the fastest measured {family['measured_ms'].min():.3f} ms; "
-                   f"the search's budget was {budget_ms:.3f} ms and it stopped: {stop_reason})")
-        else:
-            why = (f"the most accurate member at most as slow, {row.matched_ms_member}, has {row.matched_ms_acc:.2%} "
-                   f"({100 * row.acc_gain:+.2f} points)")
-        lines.append(f"- not dominated: {row.name} ({row.measured_ms:.3f} ms, {row.test_acc:.2%}): {why}")
-    return lines
+# ------------------------------------------------------------------ step 8
+def write_outputs(args: argparse.Namespace, config: Config, command: str, machine: str, clock: PhaseClock,
+                  test_images: int, budgets: dict[float, float], latency: dict[str, Latency], picks: dict[float, int | None],
+                  arms: list[Arm], results: dict[str, ArmResult], comparison: pd.DataFrame) -> None:
+    out = args.out
+    arm_rows = []
+    for arm in arms:
+        result = results[arm.key]
+        figures = latency[arm.name.removesuffix("-scratch")]
+        arm_rows.append({"kind": arm.kind, "name": arm.name, "seed": arm.seed, "steps": arm.steps,
+                         "test_acc": 100 * result.test_acc, "ms": figures.ms, "fastest_ms": figures.fastest_ms,
+                         "median_ms": figures.median_ms, "train_s": result.train_s, "schedule": arm.schedule})
+    arm_frame = pd.DataFrame(arm_rows)
+    write_csv(out / "comparison.csv", comparison)
+    write_csv(out / "arms.csv", arm_frame)
+    plotted = plot(out / "pareto.png", arm_frame, comparison)
+    clock.done("compare and write")
+    scratch = arm_frame[arm_frame["kind"] == "netadapt_scratch"].groupby("name")["test_acc"].mean()
+    lines = [
+        "# NetAdapt against width multipliers",
+        "",
+        f"Full Fashion-MNIST ({config.data.path}), MobileNetV3-Small at {config.data.resolution}x{config.data.resolution}, "
+        f"seeds {args.seeds}, test accuracy on the {test_images:,} test images (mean over seeds); "
+        f"latency: the `{config.measure.statistic}` figure, best of {args.passes} interleaved passes over every "
+        "network on this machine (fastest run and median in the arms table).",
+        "",
+        comparison_table(comparison, picks, latency, scratch),
+        "",
+        f"Settings: {', '.join(QUICK_OVERRIDES if args.quick else HEADLINE_OVERRIDES)}"
+        + (f", {', '.join(args.overrides)}" if args.overrides else "")
+        + f"; search to {args.search_margin:g} x the lowest budget; final fine-tune {args.final_steps} steps.",
+        "",
+        "Arms: " + "; ".join(sorted({f"{arm.kind}: {arm.schedule}" for arm in arms})) + ".",
+        "",
+        "| arm | network | seed | steps | test acc | ms | fastest ms | median ms | train s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        *(f"| {row.kind} | {row.name} | {row.seed} | {row.steps} | {row.test_acc:.2f}% | {row.ms:.4f} | "
+          f"{row.fastest_ms:.4f} | {row.median_ms:.4f} | {row.train_s:.0f} |" for row in arm_frame.itertuples()),
+        "",
+        f"- command: `{command}`",
+        f"- machine: {machine}",
+        f"- wall time this invocation: {sum(clock.phases.values()):.0f} s ("
+        + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in clock.phases.items()) + ")",
+        "",
+    ]
+    text = "\n".join(lines)
+    atomic_write_text(out / "headline.md", text)
+    print("\n" + text)
+    print(f"wrote {out / 'comparison.csv'}, {out / 'arms.csv'}, {out / 'headline.md'}"
+          + (f", {out / 'pareto.png'}" if plotted else " (no plot: pip install matplotlib)"))
 
 
-def networks_table(networks: pd.DataFrame) -> str:
-    lines = ["| network | kind | width / iteration | measured ms | test acc | holdout acc | params | MACs | "
-             "training steps |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    for row in networks.itertuples():
-        where = f"x{row.width:.2f}" if row.kind == "multiplier" else f"iteration {row.iteration}"
-        lines.append(f"| {row.name} | {row.kind} | {where} | {row.measured_ms:.3f} | {row.test_acc:.2%} | "
-                     f"{row.holdout_acc:.2%} | {int(row.params):,} | {int(row.macs):,} | {int(row.train_steps)} |")
+def comparison_table(comparison: pd.DataFrame, picks: dict[float, int | None], latency: dict[str, Latency],
+                     scratch: pd.Series) -> str:
+    lines = ["| budget | multiplier ms | multiplier acc | NetAdapt network | NetAdapt ms | NetAdapt acc | gain (95% CI) | "
+             "speed-up at matched acc | its architecture from scratch |",
+             "|---|---:|---:|---|---:|---:|---|---:|---:|"]
+    for row, iteration in zip(comparison.itertuples(), picks.values()):
+        head = f"| Small {row.multiplier:.2f} ({row.budget_ms:.4f} ms) | {row.multiplier_ms:.4f} | {row.multiplier_acc:.2f}% |"
+        if iteration is None:
+            lines.append(head + " none at or under the budget | | | | | |")
+            continue
+        name = iteration_name(iteration)
+        share = row.netadapt_ms / row.multiplier_ms - 1
+        tie = " (tie)" if abs(share) < TIE_SHARE else ""
+        speedup = "n/a (outside the curve)" if math.isnan(row.speedup_at_matched_acc) else f"{row.speedup_at_matched_acc:.2f}x"
+        lines.append(f"{head} iteration {iteration} | {row.netadapt_ms:.4f} ({100 * share:+.1f}%{tie}) | "
+                     f"{row.netadapt_acc:.2f}% | {row.acc_gain_pts:+.2f} ({row.ci_low_pts:+.2f}, {row.ci_high_pts:+.2f}) | "
+                     f"{speedup} | {scratch.get(f'{name}-scratch', math.nan):.2f}% |")
     return "\n".join(lines)
 
 
-def comparison_table(comparison: pd.DataFrame) -> str:
-    def figure(value: float, text: str) -> str:
-        return "n/a" if math.isnan(value) else text
+def plot(path: Path, arms: pd.DataFrame, comparison: pd.DataFrame) -> bool:
+    """Accuracy against latency: the multiplier curve, NetAdapt's networks and their architectures from scratch."""
+    try:
+        import matplotlib
 
-    lines = ["| multiplier | measured ms | test acc | NetAdapt at matched accuracy | speed-up | "
-             "NetAdapt at matched latency | accuracy gain | dominated |", "|---|---:|---:|---|---:|---|---:|---|"]
-    for row in comparison.itertuples():
-        lines.append(
-            f"| {row.name} | {row.measured_ms:.3f} | {row.test_acc:.2%} | "
-            f"{figure(row.speedup, f'{row.matched_acc_member} ({row.matched_acc_ms:.3f} ms)')} | "
-            f"{figure(row.speedup, f'{row.speedup:.2f}x')} | "
-            f"{figure(row.acc_gain, f'{row.matched_ms_member} ({row.matched_ms_acc:.2%})')} | "
-            f"{figure(row.acc_gain, f'{100 * row.acc_gain:+.2f} pts')} | {'yes' if row.dominated else 'no'} |")
-    return "\n".join(lines)
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    means = arms.groupby(["kind", "name"], as_index=False)[["test_acc", "ms"]].mean()
+    figure, axes = plt.subplots(figsize=(6.5, 4.5))
+    curve = means[means["kind"].isin(["multiplier", "curve"])].drop_duplicates("name").sort_values("ms")
+    axes.plot(curve["ms"], curve["test_acc"], "o-", color="tab:gray", label="width multiplier (from scratch)")
+    for row in curve.itertuples():
+        axes.annotate(row.name.removeprefix("multiplier-"), (row.ms, row.test_acc), textcoords="offset points",
+                      xytext=(4, -10), fontsize=8)
+    for kind, style, label in (("netadapt", "s", "NetAdapt (fine-tuned)"),
+                               ("netadapt_scratch", "^", "NetAdapt's architecture from scratch")):
+        points = means[means["kind"] == kind]
+        axes.plot(points["ms"], points["test_acc"], style, label=label, linestyle="none")
+    for budget in comparison["multiplier_ms"]:
+        axes.axvline(budget, color="tab:gray", linewidth=0.5, linestyle=":")
+    axes.set_xlabel("measured latency (ms)")
+    axes.set_ylabel("test accuracy (%)")
+    axes.legend(fontsize=8)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+    return True
+
+
+# ------------------------------------------------------------------ files
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: unreadable ({error}); delete it to redo its step") from None
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def write_csv(path: Path, frame: pd.DataFrame) -> None:

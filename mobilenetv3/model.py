@@ -165,6 +165,16 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def build(spec: NetSpec) -> MobileNetV3:
-    """Build a freshly initialised model from a spec."""
-    return MobileNetV3(spec)
+def build(spec: NetSpec, seed: int | None = None) -> MobileNetV3:
+    """Build a freshly initialised model from a spec.
+
+    With a `seed` the initial weights depend on it alone, not on what drew
+    from torch's global generator before (which is left as it was): a
+    network trained from scratch is the same whatever ran earlier in the
+    process. Without one they come from the global generator.
+    """
+    if seed is None:
+        return MobileNetV3(spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MobileNetV3(spec)

@@ -40,6 +40,9 @@ def base_cache_key(config: Config, spec: NetSpec, holdout_images: int) -> str:
         "data": {**to_dict(config.data), "holdout": holdout_images},
         "train": {k: v for k, v in to_dict(config.train).items() if k not in _NOT_BASE_TRAINING},
         "seed": config.seed,
+        # Version 2: the initial weights are seeded by config.seed (build(spec, seed)), no longer drawn
+        # from whatever state the process's generator was in; bases cached before are not reused.
+        "init": 2,
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -65,7 +68,7 @@ def obtain_base_model(config: Config, dataset: Dataset, progress: bool = True, l
         log(f"base network: cached {path}")
         return load_checkpoint(path), path
     log(f"base network: training {spec.name or 'spec'} for {config.train.steps} steps (cached for later runs)")
-    model = build(spec)
+    model = build(spec, seed=config.seed)
     stats = train(model, dataset.train, config.train, config.train.steps, config.seed, progress=progress)
     accuracy = evaluate(model, dataset.holdout, config.train.eval_batch_size)
     log(f"base network: trained in {stats.seconds:.0f} s ({stats.images_per_second:.0f} images/s), "

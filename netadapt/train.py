@@ -517,7 +517,7 @@ def train_base(
         f"{len(dataset.test)} test images, {dataset.in_channels}x{config.data.resolution}x{config.data.resolution}, "
         f"{dataset.num_classes} classes (loaded in {load_seconds:.1f} s)"
     )
-    model = build(spec)
+    model = build(spec, seed=config.seed)
     log(f"model: {spec.name or config.model.spec}, {model.num_params():,} parameters")
     stats = train(model, dataset.train, config.train, config.train.steps, config.seed, progress=progress)
     log(

@@ -109,3 +109,16 @@ def test_constructor_prints_nothing(capsys, tiny_spec):
     build(tiny_spec)
     build(large())
     assert capsys.readouterr() == ("", "")
+
+
+def test_a_seeded_build_does_not_depend_on_earlier_draws_and_leaves_them_alone():
+    spec = small(num_classes=10, in_channels=1)
+    first = build(spec, seed=3).state_dict()
+    torch.manual_seed(123)
+    torch.rand(1000)  # earlier work in the process drew from the global generator
+    state = torch.random.get_rng_state()
+    again = build(spec, seed=3).state_dict()
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global generator is untouched
+    assert all(torch.equal(first[key], again[key]) for key in first)
+    other = build(spec, seed=4).state_dict()
+    assert not all(torch.equal(first[key], other[key]) for key in first)

@@ -340,9 +340,27 @@ def test_base_that_meets_the_budget_is_the_only_member(prepared, tmp_path, capsy
 
 def test_budget_below_the_search_space_is_refused_up_front(prepared, tmp_path):
     config = prepared.config("search.budget_ms=0.000001")
-    with pytest.raises(SearchError, match=r"below anything this search space can reach.*predicted latency is \d"):
+    with pytest.raises(SearchError, match=r"below anything this search space can reach.*measured latency is \d"):
         run_search(config, out=tmp_path / "run", dataset=prepared.dataset, progress=False, echo=lambda m: None)
     assert not (tmp_path / "run").exists(), "a refused search must not leave a run behind"
+
+
+def test_a_floor_predicted_out_of_reach_is_measured_before_a_refusal(prepared, tmp_path, monkeypatch):
+    # The floor's prediction extrapolates; here it says even the floor is slower
+    # than the base. Measured, the floor is far under the budget: no refusal.
+    from netadapt.latency import LatencyTable
+    from netadapt.search.schedule import search_floor
+
+    config = prepared.config("search.budget_ratio=0.9", "search.max_iterations=1")
+    floor = search_floor(load_checkpoint(prepared.checkpoint).spec, config)
+    real_predict = LatencyTable.predict_ms
+
+    def predicted_out_of_reach(table, spec, statistic=None):
+        return 10 * real_predict(table, spec, statistic) if spec == floor else real_predict(table, spec, statistic)
+
+    monkeypatch.setattr(LatencyTable, "predict_ms", predicted_out_of_reach)
+    result = run_search(config, out=tmp_path / "run", dataset=prepared.dataset, progress=False, echo=lambda m: None)
+    assert result.iterations == 1
 
 
 @pytest.mark.parametrize(
