@@ -23,8 +23,9 @@ where it stopped and never retrains a finished arm:
 6. arms, each for every seed (`--seeds`), tested on the 10k test images:
    - multiplier: trained from scratch;
    - netadapt: the picked network fine-tuned from its pruned weights for
-     `--final-steps` steps (cosine decay from `--finetune-lr`; distilled from
-     the base when train.distill_alpha > 0);
+     `--final-steps` steps (warmup, cosine decay from `--finetune-lr`, by
+     default the best of FINETUNE_LRS on the holdout; distilled from the base
+     when train.distill_alpha > 0);
    - netadapt_scratch: the picked architecture trained from scratch (Liu et
      al., ICLR 2019: a control, not a goal).
    The from-scratch arms use the base's recipe (warmup, cosine decay from
@@ -38,8 +39,15 @@ where it stopped and never retrains a finished arm:
 8. write: OUT/comparison.csv (one row per budget), OUT/arms.csv (one row per
    arm and seed), OUT/headline.md and OUT/pareto.png. The trained networks
    are WORK/arms/*.onnx, for anyone to re-evaluate.
+9. `--ablation`: each lever of ABLATION turned the other way, one at a time,
+   from the same base: a search to the `--ablation-width` budget in
+   WORK/ablation/LEVER, its first network under that budget (measured side by
+   side with the headline's network there), fine-tuned as the netadapt arm,
+   and the paired difference against the headline's network:
+   OUT/ablation.csv and OUT/ablation.md.
 
     python benchmarks/headline.py                  # the headline; the README gives its time
+    python benchmarks/headline.py --ablation       # then the ablation (reuses the headline's steps)
     python benchmarks/headline.py --quick --data DIR --work /tmp/hl --out /tmp/hl/out   # the pipeline in minutes
 
 The data are the four Fashion-MNIST idx files (`--data`, default
@@ -80,13 +88,30 @@ from netadapt.measurers import make_measurer
 from netadapt.onnx_export import onnx_bytes
 from netadapt.rundir import RunDir
 from netadapt.search import run_search
-from netadapt.train import load_checkpoint, save_checkpoint, train
+from netadapt.train import evaluate, load_checkpoint, save_checkpoint, train
 
 COMPARISON_COLUMNS = ["budget_ms", "multiplier", "multiplier_ms", "multiplier_acc", "netadapt_ms", "netadapt_acc",
                       "acc_gain_pts", "ci_low_pts", "ci_high_pts", "speedup_at_matched_acc"]
-ARM_KINDS = ("multiplier", "netadapt", "netadapt_scratch", "curve")
+ARM_KINDS = ("multiplier", "netadapt", "netadapt_scratch", "curve", "ablation")
 TIE_SHARE = 0.03  # latencies closer than this are a tie
 DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"
+# The ablation: each lever of the search turned the other way, one at a time,
+# from the same base and to one budget (--ablation-width); the reference is the
+# headline's own search. lever -> (the overrides, what they mean).
+ABLATION = {
+    "common_batches": (["search.common_batches=false"], "off: each candidate fine-tunes on batches of its own"),
+    "prescreen": (["search.finetune_top=0", "search.finetune_steps=10"],
+                  "off: every proposal fine-tuned 10 steps, no prescreen (the earlier defaults)"),
+    "depth_proposals": (["search.depth_proposals=false"], "off: channel cuts only"),
+    "distillation": (["train.distill_alpha=0.5"], "on: fine-tunes distilled from the base (alpha 0.5, T 4)"),
+}
+ABLATION_COLUMNS = ["lever", "setting", "iterations", "search_s", "network", "ms", "test_acc", "diff_pts",
+                    "ci_low_pts", "ci_high_pts"]
+
+# The netadapt arm's final fine-tune LR is chosen among these on the holdout ("auto"):
+# from a briefly trained base a low LR barely moves the weights, a high one restarts them.
+FINETUNE_LRS = (0.02, 0.05, 0.1, 0.2)
+
 # The headline's own settings, sized so that it runs in about an hour on 2 cores:
 # each from-scratch arm trains for the whole lineage, so base steps, fine-tune
 # steps and iterations are what the time goes on. A 2,000-image holdout, not the
@@ -165,12 +190,19 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default: %(default)s)")
     parser.add_argument("--final-steps", type=int, default=None,
                         help="the netadapt arm's final fine-tune (default 200; 5 with --quick)")
-    parser.add_argument("--finetune-lr", type=float, default=0.02,
-                        help="peak LR of that fine-tune, cosine-decayed (default: %(default)s)")
+    parser.add_argument("--finetune-lr", default="auto",
+                        help="peak LR of that fine-tune (warmup, cosine decay), or 'auto': the best of "
+                             f"{', '.join(map(str, FINETUNE_LRS))} on the holdout (default: %(default)s)")
     parser.add_argument("--passes", type=int, default=None, help="interleaved measuring passes (default 10; 2 with --quick)")
     parser.add_argument("--search-margin", type=float, default=0.97,
                         help="the search's budget as a share of the lowest budget (default: %(default)s)")
     parser.add_argument("--resamples", type=int, default=None, help="bootstrap resamples (default 4000; 200 with --quick)")
+    parser.add_argument("--ablation", action="store_true",
+                        help="then turn each search lever the other way, one at a time (see ABLATION)")
+    parser.add_argument("--levers", nargs="+", default=None, metavar="LEVER",
+                        help=f"the ablation's levers (default: all of {', '.join(ABLATION)})")
+    parser.add_argument("--ablation-width", type=float, default=None,
+                        help="the budget the ablation's searches run to, one of --widths (default: the middle one)")
     parser.add_argument("--quick", action="store_true", help="the whole pipeline on tiny settings, in minutes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args()
@@ -207,7 +239,8 @@ def headline(args: argparse.Namespace) -> int:
     clock.done("budgets")
     obtain_base_model(config, dataset, progress=not args.no_progress)
     clock.done("base network")
-    run = search(args, config, dataset, min(budgets.values()))
+    run, search_s = search(args.work / "search", config, dataset, args.search_margin * min(budgets.values()),
+                           not args.no_progress)
     clock.done("search")
 
     networks = run.iteration_networks()
@@ -220,13 +253,17 @@ def headline(args: argparse.Namespace) -> int:
     picks = {width: pick(latency, multiplier_name(width), iterations) for width in args.widths}
     for width, iteration in picks.items():
         where = "none at or under it" if iteration is None else f"iteration {iteration}"
-        print(f"budget {multiplier_name(width)} ({latency[multiplier_name(width)].fastest_ms:.4f} ms): {where}")
+        print(f"budget {multiplier_name(width)} ({latency[multiplier_name(width)].ms:.4f} ms): {where}")
+    if args.finetune_lr == "auto":
+        args.finetune_lr = choose_finetune_lr(args, config, dataset, run, picks)
     arms = plan_arms(args, config, run, multipliers, curve, iterations, picks)
     results = {arm.key: train_arm(args, config, dataset, run, arm, shape) for arm in arms}
     clock.done("arms")
 
     comparison = compare(args, budgets, picks, latency, results)
     write_outputs(args, config, command, machine, clock, len(dataset.test), budgets, latency, picks, arms, results, comparison)
+    if args.ablation:
+        ablation(args, dataset, measurer, shape, budgets, multipliers, iterations, picks, results, search_s, command)
     return 0
 
 
@@ -238,10 +275,24 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError("--widths and --curve-widths must not repeat a width")
     if args.final_steps < 0 or args.passes < 1 or args.resamples < 1 or not args.seeds:
         raise ConfigError("need --final-steps >= 0, --passes >= 1, --resamples >= 1 and at least one --seeds")
-    if not 0 < args.search_margin <= 1 or not args.finetune_lr > 0:
-        raise ConfigError(f"need 0 < --search-margin <= 1 and --finetune-lr > 0, got {args.search_margin}, {args.finetune_lr}")
+    if not 0 < args.search_margin <= 1:
+        raise ConfigError(f"need 0 < --search-margin <= 1, got {args.search_margin}")
+    if args.finetune_lr != "auto":
+        try:
+            args.finetune_lr = float(args.finetune_lr)
+        except ValueError:
+            raise ConfigError(f"--finetune-lr must be a number or 'auto', got {args.finetune_lr!r}") from None
+        if not args.finetune_lr > 0:
+            raise ConfigError(f"--finetune-lr must be > 0, got {args.finetune_lr}")
     if len(set(args.seeds)) != len(args.seeds):
         raise ConfigError(f"--seeds must not repeat a seed, got {args.seeds}")
+    if args.ablation_width is None:
+        args.ablation_width = sorted(args.widths)[len(args.widths) // 2]
+    args.levers = args.levers or list(ABLATION)
+    if set(args.levers) - set(ABLATION):
+        raise ConfigError(f"--levers: unknown {sorted(set(args.levers) - set(ABLATION))}; choose from {list(ABLATION)}")
+    if args.ablation_width not in args.widths:
+        raise ConfigError(f"--ablation-width must be one of --widths {args.widths}, got {args.ablation_width}")
 
 
 def headline_config(args: argparse.Namespace) -> Config:
@@ -249,16 +300,18 @@ def headline_config(args: argparse.Namespace) -> Config:
 
     Refused when a budget is set: the budgets are the multipliers' latencies.
     """
-    overrides = ["data.dataset=fashion-mnist", f"data.path={args.data}", "model.preset=small", "model.width=1.0",
-                 "search.long_finetune_steps=0", *(QUICK_OVERRIDES if args.quick else HEADLINE_OVERRIDES),
-                 *args.overrides]
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, headline_overrides(args))
     if config.search.budget_ms is not None or config.search.budget_ratio is not None:
         raise ConfigError("search.budget_ms / search.budget_ratio: the headline sets the budgets itself "
                           "(the multipliers' measured latencies); drop them from --config/--set")
     if config.model.spec is not None or config.model.checkpoint is not None:
         raise ConfigError("model.spec / model.checkpoint: the headline searches from Small 1.0 trained here")
     return config
+
+
+def headline_overrides(args: argparse.Namespace) -> list[str]:
+    return ["data.dataset=fashion-mnist", f"data.path={args.data}", "model.preset=small", "model.width=1.0",
+            "search.long_finetune_steps=0", *(QUICK_OVERRIDES if args.quick else HEADLINE_OVERRIDES), *args.overrides]
 
 
 def small(config: Config, dataset: Dataset, width: float) -> NetSpec:
@@ -309,27 +362,36 @@ def declared_budgets(args: argparse.Namespace, multipliers: dict[float, NetSpec]
     return budgets
 
 
-def search(args: argparse.Namespace, config: Config, dataset: Dataset, lowest_budget_ms: float) -> RunDir:
-    """Run the search in WORK/search to `--search-margin` x the lowest budget, resuming a killed one."""
-    run = RunDir(args.work / "search")
+def search(path: Path, config: Config, dataset: Dataset, budget_ms: float, progress: bool) -> tuple[RunDir, float]:
+    """Run a search in `path` to `budget_ms`, resuming a killed one, or reuse a finished one.
+
+    Returns the run and its wall time, summed over the calls that worked on it
+    (PATH/search_s.json; NaN for a run searched before it was recorded).
+    """
+    run = RunDir(path)
+    timing = path / "search_s.json"
     state = run.read_state() if run.state_path.is_file() else None
-    progress = not args.no_progress
+    spent = float(read_json(timing)["search_s"]) if timing.is_file() else (0.0 if state is None else math.nan)
+    start = time.perf_counter()
     if state is not None and state.finished:
         print(f"search: finished before in {run.path}")
-    elif state is not None:
+        return run, spent
+    if state is not None:
         print(f"search: resuming {run.path} after iteration {state.iteration}")
         run_search(resume=run.path, dataset=dataset, progress=progress)
     else:
-        budget = args.search_margin * lowest_budget_ms
-        searched = dataclasses.replace(config, search=dataclasses.replace(config.search, budget_ms=budget))
-        print(f"search: to {budget:.4f} ms ({args.search_margin:g} x the lowest budget)")
+        searched = dataclasses.replace(config, search=dataclasses.replace(config.search, budget_ms=budget_ms))
+        print(f"search: to {budget_ms:.4f} ms in {run.path}")
         run_search(searched, out=run.path, dataset=dataset, progress=progress)
-    return run
+    spent += time.perf_counter() - start
+    write_json(timing, {"search_s": spent})
+    return run, spent
 
 
-def side_by_side(args: argparse.Namespace, named: dict[str, NetSpec], measurer, shape) -> dict[str, Latency]:
-    """Every network measured in the same interleaved passes; kept in WORK/latency.csv."""
-    path = args.work / "latency.csv"
+def side_by_side(args: argparse.Namespace, named: dict[str, NetSpec], measurer, shape,
+                 path: Path | None = None) -> dict[str, Latency]:
+    """Every network measured in the same interleaved passes; kept in `path` (default WORK/latency.csv)."""
+    path = path or args.work / "latency.csv"
     if path.is_file():
         frame = pd.read_csv(path)
         if set(frame["name"]) == set(named):
@@ -353,17 +415,49 @@ def pick(latency: dict[str, Latency], budget_name: str, iterations: dict[int, Ne
 
 
 # ------------------------------------------------------------------ step 6
+def choose_finetune_lr(args: argparse.Namespace, config: Config, dataset: Dataset, run: RunDir,
+                       picks: dict[float, int | None]) -> float:
+    """The netadapt arm's peak LR: the best of FINETUNE_LRS on the holdout (never the test set), for the
+    middle budget's network fine-tuned `--final-steps` steps with the first seed; kept in WORK/finetune_lr.json."""
+    path = args.work / "finetune_lr.json"
+    if path.is_file():
+        chosen = float(read_json(path)["finetune_lr"])
+        print(f"final fine-tune LR: {chosen:g}, chosen before ({path})")
+        return chosen
+    reached = [iteration for iteration in picks.values() if iteration is not None]
+    if not reached:
+        return FINETUNE_LRS[0]  # no netadapt arm trains
+    iteration = sorted(reached)[len(reached) // 2]
+    teacher = load_checkpoint(run.checkpoint_path(0)) if config.train.distill_alpha > 0 else None
+    scores = {}
+    for lr in FINETUNE_LRS:
+        model = load_checkpoint(run.checkpoint_path(iteration))
+        train(model, dataset.train, dataclasses.replace(config.train, lr=lr), args.final_steps, seed=args.seeds[0],
+              progress=not args.no_progress, teacher=teacher)
+        scores[lr] = evaluate(model, dataset.holdout, config.train.eval_batch_size)
+        print(f"final fine-tune LR {lr:g}: holdout {scores[lr]:.2%} ({iteration_name(iteration)})")
+    chosen = max(scores, key=lambda lr: scores[lr])
+    write_json(path, {"finetune_lr": chosen, "network": iteration_name(iteration), "steps": args.final_steps,
+                      "holdout_acc": {str(lr): acc for lr, acc in scores.items()}})
+    return chosen
+
+
 def lineage_steps(config: Config, iteration: int, final_steps: int) -> int:
     """Training steps a network of `iteration` has seen: the base's, one fine-tune per iteration, the final steps."""
     return config.train.steps + iteration * config.search.finetune_steps + final_steps
+
+
+def finetune_schedule(lr: float, config: Config) -> str:
+    """How the netadapt arm trains, for the tables (and to tell a changed recipe from a finished arm)."""
+    return (f"fine-tuned from the pruned weights: {lr:g} peak LR, {config.train.warmup:.0%} warmup, cosine decay"
+            + (f", distilled from the base (alpha {config.train.distill_alpha:g})" if config.train.distill_alpha else ""))
 
 
 def plan_arms(args: argparse.Namespace, config: Config, run: RunDir, multipliers: dict[float, NetSpec],
               curve: dict[float, NetSpec], iterations: dict[int, NetSpec], picks: dict[float, int | None]) -> list[Arm]:
     """Every network to train, for every seed, in the order they train."""
     scratch = f"from scratch: {config.train.lr:g} peak LR, {config.train.warmup:.0%} warmup, cosine decay"
-    finetuned = (f"fine-tuned from the pruned weights: {args.finetune_lr:g} peak LR, cosine decay"
-                 + (f", distilled from the base (alpha {config.train.distill_alpha:g})" if config.train.distill_alpha else ""))
+    finetuned = finetune_schedule(args.finetune_lr, config)
     reached = [iteration for iteration in picks.values() if iteration is not None]
     longest = lineage_steps(config, max(reached, default=0), args.final_steps)
     arms = []
@@ -391,7 +485,8 @@ def train_arm(args: argparse.Namespace, config: Config, dataset: Dataset, run: R
     result_path = folder / f"{arm.key}.json"
     if result_path.is_file() and (folder / f"{arm.key}.npy").is_file():
         result = ArmResult(**read_json(result_path))
-        if (result.kind, result.name, result.seed, result.steps) == (arm.kind, arm.name, arm.seed, arm.steps):
+        if (result.kind, result.name, result.seed, result.steps, result.schedule) == (
+                arm.kind, arm.name, arm.seed, arm.steps, arm.schedule):
             print(f"{arm.key}: trained before ({result.test_acc:.2%})")
             return result
     start = time.perf_counter()
@@ -402,7 +497,7 @@ def train_arm(args: argparse.Namespace, config: Config, dataset: Dataset, run: R
         model = load_checkpoint(arm.start)
         if model.spec != arm.spec:
             raise ConfigError(f"{arm.start}: holds another network than {arm.name}'s spec; the search run was changed")
-        recipe = dataclasses.replace(config.train, lr=args.finetune_lr, warmup=0.0)
+        recipe = dataclasses.replace(config.train, lr=args.finetune_lr)
         teacher = load_checkpoint(run.checkpoint_path(0)) if config.train.distill_alpha > 0 else None
         train(model, dataset.train, recipe, arm.steps, seed=arm.seed, progress=not args.no_progress, teacher=teacher)
     seconds = time.perf_counter() - start
@@ -567,6 +662,95 @@ def plot(path: Path, arms: pd.DataFrame, comparison: pd.DataFrame) -> bool:
     plt.close(figure)
     atomic_write_bytes(path, buffer.getvalue())
     return True
+
+
+# ------------------------------------------------------------------ ablation
+def ablation(args: argparse.Namespace, dataset: Dataset, measurer, shape, budgets: dict[float, float],
+             multipliers: dict[float, NetSpec], iterations: dict[int, NetSpec], picks: dict[float, int | None],
+             results: dict[str, ArmResult], reference_search_s: float, command: str) -> None:
+    """Each ABLATION lever turned the other way: a search to the --ablation-width budget, its first
+    network under that budget (measured side by side with the reference's), fine-tuned as the
+    netadapt arm is, and its test accuracy against the reference network's (paired, per seed)."""
+    width = args.ablation_width
+    reference = picks[width]
+    if reference is None:
+        raise ConfigError(f"--ablation-width {width}: the headline's search has no network under that budget")
+    clock = PhaseClock()
+    folder = args.work / "ablation"
+    variants: dict[str, tuple[Config, RunDir, float]] = {}
+    for lever in args.levers:
+        variant = load_config(args.config, [*headline_overrides(args), *ABLATION[lever][0],
+                                            *(["search.max_iterations=2"] if args.quick else [])])
+        run, search_s = search(folder / lever, variant, dataset, args.search_margin * budgets[width],
+                               not args.no_progress)
+        variants[lever] = (variant, run, search_s)
+    clock.done("ablation searches")
+
+    named = {multiplier_name(width): multipliers[width], iteration_name(reference): iterations[reference]}
+    networks: dict[str, dict[int, NetSpec]] = {}
+    for lever, (_, run, _) in variants.items():
+        networks[lever] = {n.iteration: n.spec for n in run.iteration_networks() if n.iteration > 0}  # not the base again
+        named.update({f"{lever}-iter{i:02d}": spec for i, spec in networks[lever].items()})
+    latency = side_by_side(args, named, measurer, shape, folder / "latency.csv")
+    clock.done("ablation latency")
+
+    ours = iteration_name(reference)
+    rows = [{"lever": "reference", "setting": "the headline's settings", "iterations": reference,
+             "search_s": reference_search_s, "network": ours, "ms": latency[ours].ms,
+             "test_acc": 100 * float(np.mean([results[f"{ours}-s{seed}"].test_acc for seed in args.seeds])),
+             "diff_pts": 0.0, "ci_low_pts": 0.0, "ci_high_pts": 0.0}]
+    for lever, (variant, run, search_s) in variants.items():
+        chosen = next((i for i in sorted(networks[lever])
+                       if latency[f"{lever}-iter{i:02d}"].ms <= latency[multiplier_name(width)].ms), None)
+        if chosen is None:
+            rows.append({"lever": lever, "setting": ABLATION[lever][1], "iterations": math.nan, "search_s": search_s,
+                         **{column: math.nan for column in ABLATION_COLUMNS[4:]}})
+            continue
+        name = f"{lever}-iter{chosen:02d}"
+        finetuned = finetune_schedule(args.finetune_lr, variant)
+        for seed in args.seeds:
+            arm = Arm("ablation", name, seed, networks[lever][chosen], args.final_steps, finetuned,
+                      run.checkpoint_path(chosen))
+            results[arm.key] = train_arm(args, variant, dataset, run, arm, shape)
+        difference = paired_difference(seeds_correct(args, name), seeds_correct(args, ours), args.resamples)
+        rows.append({"lever": lever, "setting": ABLATION[lever][1], "iterations": chosen, "search_s": search_s,
+                     "network": name, "ms": latency[name].ms,
+                     "test_acc": 100 * float(np.mean([results[f"{name}-s{seed}"].test_acc for seed in args.seeds])),
+                     "diff_pts": difference.mean_pts, "ci_low_pts": difference.ci_low_pts,
+                     "ci_high_pts": difference.ci_high_pts})
+    clock.done("ablation arms")
+    frame = pd.DataFrame(rows, columns=ABLATION_COLUMNS)
+    write_csv(args.out / "ablation.csv", frame)
+    lines = [
+        "# Ablation: each search lever turned the other way, one at a time",
+        "",
+        f"Every search starts from the headline's base and runs to {args.search_margin:g} x the Small "
+        f"{width:.2f} budget ({budgets[width]:.4f} ms); its first network at or under Small {width:.2f} in one "
+        f"side-by-side measurement is fine-tuned {args.final_steps} steps per seed {args.seeds}, as the "
+        "headline's netadapt arm. The difference is against the headline's own network at that budget, "
+        "paired over the test images (95% bootstrap interval).",
+        "",
+        "| lever | setting | iterations | search s (the reference's: to the lowest budget) | network | ms | test acc | "
+        "difference (95% CI) |",
+        "|---|---|---:|---:|---|---:|---:|---|",
+        *(ablation_line(row) for row in frame.itertuples()),
+        "",
+        f"- command: `{command}`",
+        "- wall time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in clock.phases.items()),
+        "",
+    ]
+    text = "\n".join(lines)
+    atomic_write_text(args.out / "ablation.md", text)
+    print("\n" + text)
+
+
+def ablation_line(row: Any) -> str:
+    """One row of the ablation table; a search with no network under the budget says so."""
+    search_s = "n/a" if math.isnan(row.search_s) else f"{row.search_s:.0f}"
+    if not isinstance(row.network, str):
+        return f"| {row.lever} | {row.setting} | | {search_s} | none under the budget | | | |"
+    return (f"| {row.lever} | {row.setting} | {row.iterations:.0f} | {search_s} | {row.network} | {row.ms:.4f} | "
+            f"{row.test_acc:.2f}% | {row.diff_pts:+.2f} ({row.ci_low_pts:+.2f}, {row.ci_high_pts:+.2f}) |")
 
 
 # ------------------------------------------------------------------ files

@@ -224,6 +224,9 @@ class SearchConfig:
     # residual block (`remove[i]` in history.csv). At small inputs latency is
     # mostly per-layer overhead, which only removing layers saves.
     depth_proposals: bool = True
+    # Common random numbers: every candidate of an iteration fine-tunes on the same
+    # batches and augmentation. Off gives each its own (only to measure what it buys).
+    common_batches: bool = True
     selection: Literal["accuracy", "accuracy_per_latency"] = "accuracy"
     # What ranks candidates on the holdout: top-1 "accuracy", or "loss" (mean
     # cross-entropy, smoother than top-1 on a small holdout). With

@@ -34,6 +34,7 @@ __all__ = [
     "Executor",
     "IterationContext",
     "LocalExecutor",
+    "candidate_seed",
     "iteration_seed",
     "evaluate_candidate",
 ]
@@ -43,6 +44,14 @@ def iteration_seed(run_seed: int, iteration: int) -> int:
     """The fine-tuning seed of every candidate of one iteration: the same batches and augmentation for
     all (common random numbers), and the same in a resumed or distributed run as in an uninterrupted one."""
     return zlib.crc32(f"{run_seed}:{iteration}".encode()) & 0x7FFFFFFF
+
+
+def candidate_seed(run_seed: int, iteration: int, name: str, common: bool = True) -> int:
+    """The fine-tuning seed of the proposal `name`: `iteration_seed` when batches are common
+    (search.common_batches), else one of its own per proposal (the ablation's "off")."""
+    if common:
+        return iteration_seed(run_seed, iteration)
+    return zlib.crc32(f"{run_seed}:{iteration}:{name}".encode()) & 0x7FFFFFFF
 
 
 CONTROL = "control"  # the name of an iteration's control arm: the current network, not cut

@@ -1,5 +1,6 @@
 """benchmarks/headline.py --quick end to end: every step, its outputs, and a resume that retrains nothing done."""
 
+import math
 import os
 import subprocess
 import sys
@@ -11,9 +12,12 @@ import pandas as pd
 import pytest
 
 from netadapt.data import EMBEDDED_PATH
+from netadapt.rundir import RunDir
 from test_data import write_idx
 
 REPO = Path(__file__).resolve().parents[1]
+ABLATION_COLUMNS = ["lever", "setting", "iterations", "search_s", "network", "ms", "test_acc", "diff_pts",
+                    "ci_low_pts", "ci_high_pts"]
 COLUMNS = ["budget_ms", "multiplier", "multiplier_ms", "multiplier_acc", "netadapt_ms", "netadapt_acc",
            "acc_gain_pts", "ci_low_pts", "ci_high_pts", "speedup_at_matched_acc"]
 
@@ -81,11 +85,22 @@ def test_headline_quick_runs_every_step_and_resumes_without_retraining(tmp_path)
     assert (out / "headline.md").read_text().count("| multiplier |") >= 2
     assert (out / "pareto.png").stat().st_size > 0
 
-    # A run killed while training an arm: only that arm is trained again.
+    # A run killed while training an arm: only that arm is trained again. Then the ablation, one lever.
     killed = arms.iloc[-1]
     (work / "arms" / f"{killed['name']}-s{killed['seed']}.json").unlink()
-    again = headline(tmp_path, *arguments)
+    again = headline(tmp_path, *arguments, "--ablation", "--levers", "depth_proposals")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "search: finished before" in again.stdout and "latency: measured before" in again.stdout
     assert again.stdout.count("trained before") == len(arms) - 1
     assert pd.read_csv(out / "comparison.csv")[COLUMNS[:4]].equals(comparison[COLUMNS[:4]])
+
+    ablation = pd.read_csv(out / "ablation.csv")
+    assert list(ablation.columns) == ABLATION_COLUMNS
+    assert list(ablation["lever"]) == ["reference", "depth_proposals"]
+    reference = comparison[comparison["multiplier"] == 0.95].iloc[0]
+    assert ablation["test_acc"].iloc[0] == pytest.approx(reference["netadapt_acc"])
+    variant = RunDir(work / "ablation" / "depth_proposals")
+    assert not variant.read_history()["group"].astype(str).str.startswith("remove[").any()
+    if not math.isnan(ablation["diff_pts"].iloc[1]):
+        row = ablation.iloc[1]
+        assert row.ci_low_pts <= row.diff_pts <= row.ci_high_pts

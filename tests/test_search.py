@@ -428,6 +428,14 @@ def test_candidates_of_one_iteration_fine_tune_on_the_same_batches(prepared, tmp
         assert len(stream) == len(streams[0]) == 3
         for (images, labels), (first_images, first_labels) in zip(stream, streams[0]):
             assert torch.equal(images, first_images) and torch.equal(labels, first_labels)
+    # Off (the ablation's control): each candidate draws batches of its own.
+    streams.clear()
+    config = prepared.config(prepared.unreachable_budget(), "search.max_iterations=1", "search.finetune_steps=3",
+                             "search.common_batches=false")
+    result = run_search(config, out=tmp_path / "own", dataset=prepared.dataset, progress=False, echo=lambda m: None)
+    candidates = RunDir(result.run_dir).read_history().query("kind == 'candidate' and status != 'skipped'")
+    assert len(streams) == len(candidates) >= 3 and candidates["seed"].nunique() == len(candidates)
+    assert not torch.equal(streams[1][0][1], streams[0][0][1])
 
 
 def test_prescreen_control_arm_and_distillation_in_a_search(prepared, tmp_path):

@@ -25,7 +25,7 @@ from netadapt.executor import (
     Executor,
     IterationContext,
     LocalExecutor,
-    iteration_seed,
+    candidate_seed,
     describe,
 )
 from netadapt.groups import (
@@ -33,6 +33,7 @@ from netadapt.groups import (
     candidate_widths,
     lower_bound_spec,
     prunable_groups,
+    removal_name,
     removable_blocks,
     with_width,
     without_block,
@@ -451,7 +452,8 @@ class SearchLoop:
                               removable=removable_blocks(spec) if config.search.depth_proposals else None)
         # Common random numbers: every candidate of the iteration fine-tunes on the same batches and
         # augmentation, so their accuracies differ by their cuts, not by their batches' luck.
-        seed = iteration_seed(config.seed, iteration)
+        def seed(name: str) -> int:
+            return candidate_seed(config.seed, iteration, name, config.search.common_batches)
         entries: list[tuple[CandidateTask | None, HistoryRow]] = []
         for position, (group, choice) in enumerate(plan.choices):
             predict_s, lut_measure_s = plan.predict_s[group.name], plan.measure_s[group.name]
@@ -464,11 +466,11 @@ class SearchLoop:
                     reason="no width meets the target" if candidate_widths(group) else "at its minimum")))
                 continue
             width, predicted = choice
-            entries.append((CandidateTask(iteration, group, width, predicted, seed), HistoryRow(
+            entries.append((CandidateTask(iteration, group, width, predicted, seed(group.name)), HistoryRow(
                 iteration, "candidate", predict_s=predict_s, lut_measure_s=lut_measure_s,
                 table_predicted_ms=table.predict_ms(with_width(spec, group, width)))))
         for index, predicted in plan.removals:
-            entries.append((CandidateTask(iteration, None, 0, predicted, seed, removed_block=index), HistoryRow(
+            entries.append((CandidateTask(iteration, None, 0, predicted, seed(removal_name(index)), removed_block=index), HistoryRow(
                 iteration, "candidate", table_predicted_ms=table.predict_ms(without_block(spec, index)))))
         if plan.halvings:
             search.say(f"iteration {iteration}: fewer than {config.search.min_proposals} groups could save the "
@@ -509,7 +511,8 @@ class SearchLoop:
         arms = list(tasks)
         if self.config.search.selection == "accuracy_per_latency":
             arms.append(CandidateTask(proposals.iteration, None, 0, proposals.current_predicted_ms,
-                                      iteration_seed(self.config.seed, proposals.iteration)))
+                                      candidate_seed(self.config.seed, proposals.iteration, CONTROL,
+                                                     self.config.search.common_batches)))
         results = _run_candidates(self.search, context, arms, f"iteration {proposals.iteration}")
         return results, results.pop(CONTROL, None)
 
