@@ -428,18 +428,27 @@ def choose_finetune_lr(args: argparse.Namespace, config: Config, dataset: Datase
     if not reached:
         return FINETUNE_LRS[0]  # no netadapt arm trains
     iteration = sorted(reached)[len(reached) // 2]
-    teacher = load_checkpoint(run.checkpoint_path(0)) if config.train.distill_alpha > 0 else None
     scores = {}
     for lr in FINETUNE_LRS:
-        model = load_checkpoint(run.checkpoint_path(iteration))
-        train(model, dataset.train, dataclasses.replace(config.train, lr=lr), args.final_steps, seed=args.seeds[0],
-              progress=not args.no_progress, teacher=teacher)
+        model = finetune_pruned(config, dataset, run, run.checkpoint_path(iteration), lr, args.final_steps,
+                                args.seeds[0], not args.no_progress)
         scores[lr] = evaluate(model, dataset.holdout, config.train.eval_batch_size)
         print(f"final fine-tune LR {lr:g}: holdout {scores[lr]:.2%} ({iteration_name(iteration)})")
     chosen = max(scores, key=lambda lr: scores[lr])
     write_json(path, {"finetune_lr": chosen, "network": iteration_name(iteration), "steps": args.final_steps,
                       "holdout_acc": {str(lr): acc for lr, acc in scores.items()}})
     return chosen
+
+
+def finetune_pruned(config: Config, dataset: Dataset, run: RunDir, checkpoint: Path, lr: float, steps: int,
+                    seed: int, progress: bool) -> MobileNetV3:
+    """The netadapt arm's final fine-tune: `checkpoint`'s network trained with the base's recipe at peak `lr`
+    (warmup, cosine decay), distilled from the run's base when train.distill_alpha > 0."""
+    model = load_checkpoint(checkpoint)
+    teacher = load_checkpoint(run.checkpoint_path(0)) if config.train.distill_alpha > 0 else None
+    train(model, dataset.train, dataclasses.replace(config.train, lr=lr), steps, seed=seed, progress=progress,
+          teacher=teacher)
+    return model
 
 
 def lineage_steps(config: Config, iteration: int, final_steps: int) -> int:
@@ -484,7 +493,10 @@ def train_arm(args: argparse.Namespace, config: Config, dataset: Dataset, run: R
     folder = args.work / "arms"
     result_path = folder / f"{arm.key}.json"
     if result_path.is_file() and (folder / f"{arm.key}.npy").is_file():
-        result = ArmResult(**read_json(result_path))
+        try:
+            result = ArmResult(**read_json(result_path))
+        except TypeError as error:
+            raise ConfigError(f"{result_path}: not an arm result ({error}); delete it to train the arm again") from None
         if (result.kind, result.name, result.seed, result.steps, result.schedule) == (
                 arm.kind, arm.name, arm.seed, arm.steps, arm.schedule):
             print(f"{arm.key}: trained before ({result.test_acc:.2%})")
@@ -494,12 +506,10 @@ def train_arm(args: argparse.Namespace, config: Config, dataset: Dataset, run: R
         model = build(arm.spec, seed=arm.seed)
         train(model, dataset.train, config.train, arm.steps, seed=arm.seed, progress=not args.no_progress)
     else:
-        model = load_checkpoint(arm.start)
+        model = finetune_pruned(config, dataset, run, arm.start, args.finetune_lr, arm.steps, arm.seed,
+                                not args.no_progress)
         if model.spec != arm.spec:
             raise ConfigError(f"{arm.start}: holds another network than {arm.name}'s spec; the search run was changed")
-        recipe = dataclasses.replace(config.train, lr=args.finetune_lr)
-        teacher = load_checkpoint(run.checkpoint_path(0)) if config.train.distill_alpha > 0 else None
-        train(model, dataset.train, recipe, arm.steps, seed=arm.seed, progress=not args.no_progress, teacher=teacher)
     seconds = time.perf_counter() - start
     correct = correct_per_image(model, dataset.test, config.train.eval_batch_size)
     result = ArmResult(arm.kind, arm.name, arm.seed, arm.steps, arm.schedule, float(correct.mean()), seconds)
@@ -575,7 +585,6 @@ def write_outputs(args: argparse.Namespace, config: Config, command: str, machin
     write_csv(out / "arms.csv", arm_frame)
     plotted = plot(out / "pareto.png", arm_frame, comparison)
     clock.done("compare and write")
-    scratch = arm_frame[arm_frame["kind"] == "netadapt_scratch"].groupby("name")["test_acc"].mean()
     lines = [
         "# NetAdapt against width multipliers",
         "",
@@ -584,7 +593,7 @@ def write_outputs(args: argparse.Namespace, config: Config, command: str, machin
         f"latency: the `{config.measure.statistic}` figure, best of {args.passes} interleaved passes over every "
         "network on this machine (fastest run and median in the arms table).",
         "",
-        comparison_table(comparison, picks, latency, scratch),
+        comparison_table(comparison, picks, arm_frame),
         "",
         f"Settings: {', '.join(QUICK_OVERRIDES if args.quick else HEADLINE_OVERRIDES)}"
         + (f", {', '.join(args.overrides)}" if args.overrides else "")
@@ -610,23 +619,31 @@ def write_outputs(args: argparse.Namespace, config: Config, command: str, machin
           + (f", {out / 'pareto.png'}" if plotted else " (no plot: pip install matplotlib)"))
 
 
-def comparison_table(comparison: pd.DataFrame, picks: dict[float, int | None], latency: dict[str, Latency],
-                     scratch: pd.Series) -> str:
+def comparison_table(comparison: pd.DataFrame, picks: dict[float, int | None], arms: pd.DataFrame) -> str:
+    """comparison.csv as Markdown, with the from-scratch control's accuracy and its own speed-up on the curve."""
+    means = arms.groupby(["kind", "name"])[["test_acc", "ms"]].mean()
+    curve = means[means.index.get_level_values("kind").isin(["multiplier", "curve"])].droplevel("kind")
+    curve = curve[~curve.index.duplicated()]
+
+    def speedup(accuracy: float, ms: float) -> str:
+        matched = latency_at_accuracy(list(curve["ms"]), list(curve["test_acc"]), accuracy)
+        return "n/a (outside the curve)" if math.isnan(matched) else f"{matched / ms:.2f}x"
+
     lines = ["| budget | multiplier ms | multiplier acc | NetAdapt network | NetAdapt ms | NetAdapt acc | gain (95% CI) | "
-             "speed-up at matched acc | its architecture from scratch |",
+             "speed-up at matched acc | its architecture from scratch (speed-up) |",
              "|---|---:|---:|---|---:|---:|---|---:|---:|"]
     for row, iteration in zip(comparison.itertuples(), picks.values()):
         head = f"| Small {row.multiplier:.2f} ({row.budget_ms:.4f} ms) | {row.multiplier_ms:.4f} | {row.multiplier_acc:.2f}% |"
         if iteration is None:
             lines.append(head + " none at or under the budget | | | | | |")
             continue
-        name = iteration_name(iteration)
         share = row.netadapt_ms / row.multiplier_ms - 1
         tie = " (tie)" if abs(share) < TIE_SHARE else ""
-        speedup = "n/a (outside the curve)" if math.isnan(row.speedup_at_matched_acc) else f"{row.speedup_at_matched_acc:.2f}x"
+        ours = "n/a (outside the curve)" if math.isnan(row.speedup_at_matched_acc) else f"{row.speedup_at_matched_acc:.2f}x"
+        scratch = means.loc[("netadapt_scratch", f"{iteration_name(iteration)}-scratch")]
         lines.append(f"{head} iteration {iteration} | {row.netadapt_ms:.4f} ({100 * share:+.1f}%{tie}) | "
                      f"{row.netadapt_acc:.2f}% | {row.acc_gain_pts:+.2f} ({row.ci_low_pts:+.2f}, {row.ci_high_pts:+.2f}) | "
-                     f"{speedup} | {scratch.get(f'{name}-scratch', math.nan):.2f}% |")
+                     f"{ours} | {scratch['test_acc']:.2f}% ({speedup(scratch['test_acc'], scratch['ms'])}) |")
     return "\n".join(lines)
 
 
@@ -766,9 +783,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def write_csv(path: Path, frame: pd.DataFrame) -> None:
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False)
-    atomic_write_text(path, buffer.getvalue())
+    atomic_write_text(path, frame.to_csv(index=False))
 
 
 if __name__ == "__main__":

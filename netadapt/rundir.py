@@ -76,9 +76,6 @@ class HistoryRow:
     measure_s: float | None = None
     checkpoint: str | None = None
 
-    def with_fields(self, **changes: Any) -> "HistoryRow":
-        return dataclasses.replace(self, **changes)
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -111,9 +108,6 @@ class SearchState:
     # recorded then finishes on resume instead of cutting again.
     budget_met: str | None = None
     calibration: tuple[tuple[float, float], ...] = ()  # the online calibration's (table ms, measured ms) points
-
-    def with_fields(self, **changes: Any) -> "SearchState":
-        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

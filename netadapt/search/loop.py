@@ -167,7 +167,7 @@ class _Search:
         model.spec.save(self.run.spec_path(iteration))
         self.run.append_history(rows, keep_through_iteration=iteration - 1)
         self.table.save_copy(self.run.lut_path)
-        self.run.write_state(state.with_fields(iteration=iteration, calibration=self.calibration_points()))
+        self.run.write_state(replace(state, iteration=iteration, calibration=self.calibration_points()))
 
     def teacher(self) -> MobileNetV3:
         """The base network (the run's checkpoint 0), loaded once: what fine-tunes distil from."""
@@ -563,15 +563,15 @@ class SearchLoop:
             prescreen = {} if first_look is None else {"prescreen_acc": first_look.holdout_acc,
                                                         "prescreen_loss": first_look.holdout_loss}
             if task.name not in results:  # screened out: its row is the prescreen's
-                rows.append(row.with_fields(**{
+                rows.append(replace(row, **{
                     **describe(first_look), **prescreen, "target_ms": target_ms, "holdout_acc": None,
                     "holdout_loss": None, "status": "screened_out",
                     "reason": first_look.reason or f"not among the prescreen's best {top}"}))
                 continue
             result = results[task.name]
-            entry = row.with_fields(**describe(result), **prescreen, target_ms=target_ms)
+            entry = replace(row, **describe(result), **prescreen, target_ms=target_ms)
             if pick is not None and result is pick.result:
-                entry = entry.with_fields(status="chosen", measured_ms=pick.figures.network_ms,
+                entry = replace(entry, status="chosen", measured_ms=pick.figures.network_ms,
                                           export_s=pick.export_s, measure_s=pick.figures.measure_s)
             rows.append(entry)
         if control is not None:
@@ -593,12 +593,12 @@ class SearchLoop:
             decision = budget_test(config, figures, state.budget_ms)
             search.say(f"iteration {iteration}: a close call, measured again: {figures.passes} passes in all")
         table_predicted = self.table.predict_ms(winner.spec)
-        state = state.with_fields(base_figures=(*(state.base_figures or (state.base_ms,)), figures.base_ms))
+        state = replace(state, base_figures=(*(state.base_figures or (state.base_ms,)), figures.base_ms))
         # The winner on the base's steady scale: its ratio to the base in the same passes (drift
         # cancels) times the base's median figure, steadier than any one pass of the winner alone.
         steady_ms = figures.ratio * _base_typical_ms(state)
         search.calibration.observe(table_predicted, steady_ms)
-        state = state.with_fields(measured_ms=figures.network_ms, predicted_ms=winner.task.predicted_ms,
+        state = replace(state, measured_ms=figures.network_ms, predicted_ms=winner.task.predicted_ms,
                                   holdout_acc=winner.holdout_acc, holdout_loss=winner.holdout_loss)
         reason = f"measured {decision.text}: meets the budget" if decision.met else ""
         cut = winner.task.group
@@ -613,8 +613,8 @@ class SearchLoop:
         # A met budget is committed with the iteration, so a run killed before `finish` records
         # the end is finished on resume instead of cutting a network that already meets it.
         search.commit(iteration, pick.model, rows + [iteration_row],
-                      state.with_fields(finished=False, stop_reason=None, budget_met=reason or None))
-        state = state.with_fields(iteration=iteration)
+                      replace(state, finished=False, stop_reason=None, budget_met=reason or None))
+        state = replace(state, iteration=iteration)
         search.say(f"iteration {iteration}: {figures.network_ms:.4f} ms measured ({winner.task.predicted_ms:.4f} "
                    f"predicted, target {proposals.plan.target_ms:.4f}), holdout {winner.holdout_acc:.2%}, "
                    + (f"cut {cut.name} {cut.width}->{winner.task.width}" if cut else f"took {winner.task.name}"))
@@ -643,8 +643,8 @@ class SearchLoop:
             search.say(f"long-term fine-tune ({steps} steps): holdout {holdout:.2%}, test {test:.2%}")
         # drop_final: a "final" row left by a long fine-tune that was killed before its commit
         run.append_history(rows, keep_through_iteration=iteration, drop_final=True)
-        state = state.with_fields(finished=True, stop_reason=reason, budget_met=None)
-        run.write_state(state.with_fields(calibration=search.calibration_points()))
+        state = replace(state, finished=True, stop_reason=reason, budget_met=None)
+        run.write_state(replace(state, calibration=search.calibration_points()))
         search.say(f"stopped: {reason}; {state.measured_ms:.3f} ms measured (base {state.base_ms:.3f}), "
                    f"holdout {state.holdout_acc:.2%}")
         return state, model
