@@ -104,6 +104,7 @@ ABLATION = {
                   "off: every proposal fine-tuned 10 steps, no prescreen (the earlier defaults)"),
     "depth_proposals": (["search.depth_proposals=false"], "off: channel cuts only"),
     "distillation": (["train.distill_alpha=0.5"], "on: fine-tunes distilled from the base (alpha 0.5, T 4)"),
+    "score": (["search.score=loss"], "loss: candidates ranked by holdout cross-entropy, not top-1"),
 }
 ABLATION_COLUMNS = ["lever", "setting", "iterations", "search_s", "network", "ms", "test_acc", "diff_pts",
                     "ci_low_pts", "ci_high_pts"]
