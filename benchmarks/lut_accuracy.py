@@ -60,6 +60,7 @@ import pandas as pd
 import torch
 
 import mobilenetv3 as m
+from mobilenetv3.fileio import atomic_write_text
 from netadapt.benchmark import LocalMeasurer, Target, best_of, cpu_model, measure_spec
 from netadapt.cli.common import parse_input_shape
 from netadapt.groups import lower_bound_spec
@@ -72,6 +73,16 @@ from netadapt.latency import (
     trajectory_specs,
     validate,
 )
+
+
+def write_out(path: Path, validation: pd.DataFrame, correction_networks: pd.DataFrame) -> None:
+    """--out: the validation rows to `path`, the correction networks to correction-nets-<name> beside it.
+
+    Each file is written atomically (rendered whole, then renamed over the
+    old one), so a failed or killed run leaves the previous results intact.
+    """
+    atomic_write_text(path, validation.to_csv(index=False))
+    atomic_write_text(path.with_name("correction-nets-" + path.name), correction_networks.to_csv(index=False))
 
 
 def main() -> int:
@@ -230,7 +241,6 @@ def main() -> int:
     for number, one_pass in enumerate(val_passes, start=1):
         frame[f"measured_pass{number}_ms"] = [m.latency_ms for m in one_pass]
     if args.out:
-        frame.to_csv(args.out, index=False)
         fit_frame = pd.DataFrame({
             "raw_sum_ms": fit_sums,
             "boundary_millions": [table.boundary_millions(spec) for spec in fit_specs],
@@ -238,7 +248,7 @@ def main() -> int:
             "measured_ms": fit_figures,
             "spec": [json.dumps(spec.to_dict(), separators=(",", ":")) for spec in fit_specs],
         })
-        fit_frame.to_csv(Path(args.out).with_name("correction-nets-" + Path(args.out).name), index=False)
+        write_out(Path(args.out), frame, fit_frame)
     summary = summarize_validation(frame)
     raw = summarize_validation(frame.assign(error_pct=frame["raw_error_pct"], predicted_ms=frame["raw_sum_ms"]))
     affine_summary = summarize_validation(frame.assign(error_pct=frame["affine_error_pct"], predicted_ms=frame["affine_ms"]))

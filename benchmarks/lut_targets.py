@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mobilenetv3.fileio import atomic_write_text
 from netadapt.latency.validate import summarize_validation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ GRID = [Point("small", size, threads) for size in (28, 96, 160, 224) for threads
 def netadapt(args: list[str], log: Path) -> float:
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "netadapt.cli.main", *args], cwd=ROOT, capture_output=True, text=True)
-    log.write_text(done.stdout + done.stderr)
+    atomic_write_text(log, done.stdout + done.stderr)
     if done.returncode != 0:
         raise SystemExit(f"netadapt {' '.join(args)} failed ({done.returncode}); see {log}")
     return time.perf_counter() - start
@@ -98,7 +99,7 @@ def main() -> int:
             rows.append({"point": point.name, "kind": kind, **summarize_validation(part), "build_s": build_s,
                          "validate_s": validate_s})
         summary = pd.DataFrame(rows)
-        summary.to_csv(out / "summary.csv", index=False)
+        atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
         print(f"\n## {point.name}: build {build_s:.0f} s, validate {validate_s:.0f} s")
         with pd.option_context("display.width", 200, "display.float_format", "{:.2f}".format):
             print(summary[summary["point"] == point.name].drop(columns=["point"]).to_string(index=False))

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mobilenetv3.fileio import atomic_write_text
 from netadapt.latency.validate import summarize_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +55,7 @@ def netadapt(*args: str, log: Path | None = None) -> tuple[float, str]:
     seconds = time.perf_counter() - start
     output = done.stdout + done.stderr
     if log is not None:
-        log.write_text(output)
+        atomic_write_text(log, output)
     if done.returncode != 0:
         raise SystemExit(f"netadapt {' '.join(args)} failed ({done.returncode}):\n{output[-3000:]}")
     return seconds, output
@@ -121,7 +122,7 @@ def main() -> int:
     table = pd.DataFrame(summaries)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.2f}".format):
         print(table.to_string(index=False))
-    table.to_csv(out / "summary.csv", index=False)
+    atomic_write_text(out / "summary.csv", table.to_csv(index=False))
     if len(finals) > 1:
         same = all(final == finals[0] for final in finals[1:])
         print(f"\nsame final network in all {len(finals)} runs: {'yes' if same else 'no'}")

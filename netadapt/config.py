@@ -1,23 +1,26 @@
 """Configuration: YAML plus `--set key=value`, validated into dataclasses.
 
 Every command reads the same `Config`. Loading is strict: an unknown key, a
-value of the wrong type or an unreadable file raises `ConfigError` naming
-the file and the dotted key, before any work starts. A run directory keeps
-the resolved config (`to_yaml`) so it can be resumed from that file alone.
+value of the wrong type or out of its section's `RANGES`, or an unreadable
+file raises `ConfigError` naming the file and the dotted key, before any
+work starts. A run directory keeps the resolved config (`to_yaml`) so it can
+be resumed from that file alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
-from netadapt.errors import ConfigError
+from mobilenetv3.fileio import InputError, load_yaml, read_text
+from netadapt.errors import ConfigError, quote
 
 __all__ = [
     "Config",
@@ -33,10 +36,15 @@ __all__ = [
     "TargetConfig",
     "TrainConfig",
     "apply_overrides",
+    "check_ranges",
     "from_dict",
     "load_config",
     "to_dict",
 ]
+
+
+# numpy's legacy generators take seeds below 2**32; the seeds here feed numpy, torch and `random`.
+SEED_RANGE = "[0, 4294967295]"
 
 
 @dataclass
@@ -47,6 +55,9 @@ class ModelConfig:
     width: float = 1.0  # torchvision-style width multiplier applied to the preset
     spec: str | None = None  # a spec YAML file; overrides preset and width
     checkpoint: str | None = None  # trained base weights; None: train on first use and cache
+
+    # Each numeric field's allowed values, checked at load (`from_dict`) and by `check_ranges`.
+    RANGES: ClassVar[dict[str, str]] = {"width": "(0, inf)"}
 
 
 @dataclass
@@ -67,6 +78,14 @@ class DataConfig:
     holdout: int | None = None
     split_seed: int = 0  # fixes the holdout split independently of the training seed
 
+    RANGES: ClassVar[dict[str, str]] = {
+        "resolution": "[8, 4096]",  # pixels; 4096 is far past any latency target's input
+        "mean": "(-inf, inf)",  # each value; finite
+        "std": "(0, inf)",
+        "holdout": "[1, inf)",  # NetAdapt decides on it; null: automatic
+        "split_seed": SEED_RANGE,
+    }
+
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")  # onnxruntime's graph optimisation levels
 PRIORITIES = ("normal", "high", "realtime")
@@ -75,7 +94,7 @@ STATISTICS = ("quiet", "median", "p10", "min")  # which figure of a Measurement 
 
 def _require_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"{key} must be one of {list(choices)}, got {value!r}")
+        raise ConfigError(f"{key} must be one of {list(choices)}, got {quote(value)}")
 
 
 @dataclass
@@ -99,13 +118,13 @@ class TargetConfig:
         _require_choice("target.optimization_level", self.optimization_level, OPTIMIZATION_LEVELS)
         for key, value in (("threads", self.threads), ("inter_op_threads", self.inter_op_threads)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"target.{key} must be an integer >= 0 (0: onnxruntime's default), got {value!r}")
+                raise ConfigError(f"target.{key} must be an integer >= 0 (0: onnxruntime's default), got {quote(value)}")
         if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
-            raise ConfigError(f"target.batch must be an integer >= 1, got {self.batch!r}")
+            raise ConfigError(f"target.batch must be an integer >= 1, got {quote(self.batch)}")
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
-            raise ConfigError(f"target.retries must be an integer >= 0, got {self.retries!r}")
+            raise ConfigError(f"target.retries must be an integer >= 0, got {quote(self.retries)}")
         if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)) or not 0 < self.timeout_s < float("inf"):
-            raise ConfigError(f"target.timeout_s must be a finite number > 0, got {self.timeout_s!r}")
+            raise ConfigError(f"target.timeout_s must be a finite number > 0, got {quote(self.timeout_s)}")
 
 
 @dataclass
@@ -139,11 +158,12 @@ class MeasureConfig:
         for key, value, low in (("warmup_runs", self.warmup_runs, 0), ("min_runs", self.min_runs, 1),
                                 ("repeats", self.repeats, 1), ("windows", self.windows, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"measure.{key} must be an integer >= {low}, got {value!r}")
+                raise ConfigError(f"measure.{key} must be an integer >= {low}, got {quote(value)}")
         if isinstance(self.max_runs, bool) or not isinstance(self.max_runs, int) or self.max_runs < self.min_runs:
-            raise ConfigError(f"measure.max_runs must be an integer >= measure.min_runs ({self.min_runs}), got {self.max_runs!r}")
+            raise ConfigError(f"measure.max_runs must be an integer >= measure.min_runs ({self.min_runs}), "
+                              f"got {quote(self.max_runs)}")
         if not isinstance(self.min_seconds, (int, float)) or isinstance(self.min_seconds, bool) or not 0 <= self.min_seconds < float("inf"):
-            raise ConfigError(f"measure.min_seconds must be a finite number >= 0, got {self.min_seconds!r}")
+            raise ConfigError(f"measure.min_seconds must be a finite number >= 0, got {quote(self.min_seconds)}")
 
 
 @dataclass
@@ -175,6 +195,12 @@ class LutConfig:
     drift_sample: int = 8
     drift_tolerance_pct: float = 5.0
 
+    RANGES: ClassVar[dict[str, str]] = {
+        "granularity": "[1, inf)", "min_channels": "[1, inf)", "correction_samples": "[1, inf)",
+        "entry_passes": "[1, inf)", "network_passes": "[1, inf)", "prefetch_widths": "[0, inf)", "seed": SEED_RANGE,
+        "reference_units": "[0, inf)", "drift_sample": "[1, inf)", "drift_tolerance_pct": "(0, inf)",
+    }
+
 
 @dataclass
 class TrainConfig:
@@ -199,6 +225,13 @@ class TrainConfig:
     bn_recalibration: int = 1024
     eval_batch_size: int = 512
     threads: int = 0  # torch intra-op threads for training; 0: torch's default
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "steps": "[0, inf)", "batch_size": "[1, inf)", "lr": "(0, inf)", "momentum": "[0, 1)",
+        "weight_decay": "[0, inf)", "label_smoothing": "[0, 1)", "warmup": "[0, 1]", "crop_padding": "[0, inf)",
+        "finetune_lr": "(0, inf)", "distill_alpha": "[0, 1]", "distill_temperature": "(0, inf)",
+        "bn_recalibration": "[0, inf)", "eval_batch_size": "[1, inf)", "threads": "[0, inf)",
+    }
 
 
 @dataclass
@@ -241,6 +274,13 @@ class SearchConfig:
     # final network lands just under the budget rather than far below it.
     budget_margin: float = 0.02
 
+    RANGES: ClassVar[dict[str, str]] = {
+        "budget_ms": "(0, inf)", "budget_ratio": "(0, 1)", "initial_reduction": "(0, 1)", "decay": "(0, 1]",
+        "finetune_steps": "[0, inf)", "long_finetune_steps": "[0, inf)", "min_proposals": "[1, inf)",
+        "max_reduction_halvings": "[0, inf)", "max_cut_fraction": "(0, 1]", "finetune_top": "[0, inf)",
+        "max_iterations": "[1, inf)", "budget_margin": "[0, 0.5)",
+    }
+
 
 @dataclass
 class ExecutorConfig:
@@ -249,6 +289,9 @@ class ExecutorConfig:
     cpus_per_candidate: float = 1.0
     gpus_per_candidate: float = 0.0
     max_retries: int = 2  # a dead worker's candidate is retried this often, then recorded as failed
+
+    RANGES: ClassVar[dict[str, str]] = {"cpus_per_candidate": "[0, inf)", "gpus_per_candidate": "[0, inf)",
+                                        "max_retries": "[0, inf)"}
 
 
 @dataclass
@@ -263,6 +306,8 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
+    RANGES: ClassVar[dict[str, str]] = {"seed": SEED_RANGE}
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(to_dict(self), sort_keys=False)
 
@@ -272,8 +317,66 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def _interval(text: str) -> tuple[float, float, bool, bool]:
+    """Parse an interval such as "(0, 1]" into (low, high, low excluded?, high excluded?)."""
+    low, high = (float(part) for part in text[1:-1].split(","))
+    return low, high, text[0] == "(", text[-1] == ")"
+
+
+def _describe_interval(text: str, integer: bool) -> str:
+    low, high = (part.strip() for part in text[1:-1].split(","))
+    kind = "an integer" if integer else "a finite number"
+    if high == "inf" and low != "-inf":
+        return f"{kind} {'>' if text[0] == '(' else '>='} {low}"
+    return kind if low == "-inf" and high == "inf" else f"{kind} in {text}"
+
+
+def _check_section_ranges(section: Any, where: str, source: str) -> None:
+    """Check each of `section`'s RANGES (each item of a list field); messages name `source` and the dotted key."""
+    ranges: dict[str, str] = getattr(type(section), "RANGES", {})
+    hints = typing.get_type_hints(type(section)) if ranges else {}
+    for name, interval in ranges.items():
+        key = f"{where}.{name}" if where else name
+        integer = int in (hints[name], *typing.get_args(hints[name]))
+        low, high, low_open, high_open = _interval(interval)
+        values = getattr(section, name)
+        items = list(enumerate(values)) if isinstance(values, list) else [(None, values)]
+        for index, value in items:
+            if value is None:
+                continue  # an optional value left unset
+            item_key = key if index is None else f"{key}[{index}]"
+            number = not isinstance(value, bool) and isinstance(value, (int, float))
+            if not number or not _finite(value) or value < low or value > high \
+                    or (low_open and value == low) or (high_open and value == high):
+                raise ConfigError(f"{source}: {item_key} must be {_describe_interval(interval, integer)}, "
+                                  f"got {quote(value)}")
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def check_ranges(config: Config, source: str = "config") -> None:
+    """Check every numeric field of `config` against its section's RANGES.
+
+    `load_config` already does this; a config built or changed in Python
+    (`dataclasses.replace`) is checked here before a run relies on it.
+
+    Raises:
+        ConfigError: the first value out of range, named by its dotted key.
+    """
+    _check_section_ranges(config, "", source)
+    for section in dataclasses.fields(config):
+        value = getattr(config, section.name)
+        if dataclasses.is_dataclass(value):
+            _check_section_ranges(value, section.name, source)
+
+
 def from_dict(cls: type, data: Any, where: str = "", source: str = "config") -> Any:
-    """Build dataclass `cls` from a mapping, checking every key and type.
+    """Build dataclass `cls` from a mapping, checking every key, type and range.
 
     Args:
         cls: the dataclass type.
@@ -287,18 +390,20 @@ def from_dict(cls: type, data: Any, where: str = "", source: str = "config") -> 
         raise ConfigError(f"{source}: {where or 'top level'} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)  # YAML keys need not be text, nor comparable
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise ConfigError(f"{source}: unknown key {key!r}; valid keys here are {sorted(fields)}")
+        raise ConfigError(f"{source}: unknown key {quote(key)}; valid keys here are {sorted(fields)}")
     values = {}
     for name, value in data.items():
         key = f"{where}.{name}" if where else name
         values[name] = _coerce(hints[name], value, key, source)
     try:
-        return cls(**values)
+        section = cls(**values)
     except ConfigError as error:  # a section's own range checks (its __post_init__)
         raise ConfigError(f"{source}: {error}") from None
+    _check_section_ranges(section, where, source)
+    return section
 
 
 def _coerce(annotation: Any, value: Any, key: str, source: str) -> Any:
@@ -315,30 +420,32 @@ def _coerce(annotation: Any, value: Any, key: str, source: str) -> Any:
                 return _coerce(option, value, key, source)
             except ConfigError as error:
                 errors.append(str(error))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{source}: {key}: {value!r} matches none of {args}")
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{source}: {key}: {quote(value)} matches none of {args}")
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{source}: {key} must be one of {list(args)}, got {value!r}")
+            raise ConfigError(f"{source}: {key} must be one of {list(args)}, got {quote(value)}")
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+            raise ConfigError(f"{source}: {key} must be a list, got {quote(value)}")
         return [_coerce(args[0], item, f"{key}[{i}]", source) for i, item in enumerate(value)]
     if annotation is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+            raise ConfigError(f"{source}: {key} must be true or false, got {quote(value)}")
         return value
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+            raise ConfigError(f"{source}: {key} must be an integer, got {quote(value)}")
         return value
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+            raise ConfigError(f"{source}: {key} must be a number, got {quote(value)}")
+        if isinstance(value, int) and not _finite(value):  # NaN and infinity are left to the section's range check
+            raise ConfigError(f"{source}: {key} must be a finite number, got {quote(value)}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+            raise ConfigError(f"{source}: {key} must be a string, got {quote(value)}")
         return value
     raise TypeError(f"config type {annotation!r} of {key} is not supported")  # a bug, not user error
 
@@ -347,34 +454,41 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     """Apply `key.sub=value` strings to a nested mapping; values are parsed as YAML scalars."""
     for override in overrides:
         if "=" not in override:
-            raise ConfigError(f"--set {override!r}: expected key=value, e.g. --set train.steps=200")
+            raise ConfigError(f"--set {quote(override)}: expected key=value, e.g. --set train.steps=200")
         dotted, raw = override.split("=", 1)
         parts = dotted.strip().split(".")
         if not all(parts):
-            raise ConfigError(f"--set {override!r}: empty key")
+            raise ConfigError(f"--set {quote(override)}: empty key")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"--set {override!r}: value is not valid YAML: {error}") from None
+            value = load_yaml(raw, f"--set {quote(dotted.strip())}") if raw.strip() else None
+        except InputError as error:
+            raise ConfigError(str(error)) from None
         node = data
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {override!r}: {part!r} is not a section")
+                raise ConfigError(f"--set {quote(override)}: {quote(part)} is not a section")
             node = child
         node[parts[-1]] = value
     return data
 
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
-    """Read a YAML file that must hold a mapping; errors name the file."""
+    """Read a YAML file that must hold a mapping; errors name the file.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not UTF-8, not YAML within
+            `mobilenetv3.fileio.load_yaml`'s bounds, or not a mapping.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        data = load_yaml(read_text(path), str(path))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except InputError as error:
+        raise ConfigError(str(error)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -387,6 +501,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
     Keys not given keep their defaults. Overrides are applied on top of the file
     and validated together with it.
+
+    Raises:
+        ConfigError: see `read_yaml_mapping` and `from_dict`; the message names
+            the file (or --set) and the dotted key.
     """
     data = read_yaml_mapping(path) if path is not None else {}
     source = str(path) if path is not None else "config"

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from netadapt.config import DataConfig
-from netadapt.errors import ConfigError, DataError
+from netadapt.errors import ConfigError, DataError, quote
 
 __all__ = [
     "holdout_size",
@@ -256,7 +256,7 @@ def build_embedded_subset(
     np.savez_compressed(buffer, **arrays)
     out = Path(out)
     atomic_write_bytes(out, buffer.getvalue())
-    out.chmod(0o644)  # mkstemp creates 0600; the package file must be world-readable once installed
+    out.chmod(0o644)  # the package file must be world-readable once installed, whatever the umask
     return out
 
 
@@ -486,11 +486,11 @@ def _read_netpbm(path: Path) -> np.ndarray:
     position += 1  # exactly one whitespace byte before the pixels
     magic = fields[0]
     if magic not in (b"P5", b"P6"):
-        raise DataError(f"{path}: unsupported PGM/PPM magic {magic!r}; only binary P5 (gray) and P6 (RGB) are read")
+        raise DataError(f"{path}: unsupported PGM/PPM magic {quote(magic)}; only binary P5 (gray) and P6 (RGB) are read")
     try:
         width, height, maxval = (int(field) for field in fields[1:])
     except ValueError:
-        raise DataError(f"{path}: malformed PGM/PPM header {fields!r}") from None
+        raise DataError(f"{path}: malformed PGM/PPM header {quote(fields)}") from None
     if not 0 < maxval < 256:
         raise DataError(f"{path}: only 8-bit PGM/PPM (maxval <= 255) is supported, got maxval {maxval}")
     channels = 1 if magic == b"P5" else 3

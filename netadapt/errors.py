@@ -1,11 +1,14 @@
 """One exception type per kind of user error.
 
-Each message names the file, key or block at fault and says what to do.
-The CLI prints these without a traceback; anything else is a bug and keeps
-its traceback.
+Each message names the file, key or block at fault and says what to do, and
+quotes a value only through `quote` (a short prefix: values from files can
+be of any size). The CLI prints these without a traceback; anything else is
+a bug and keeps its traceback.
 """
 
 from __future__ import annotations
+
+from mobilenetv3.messages import quote
 
 __all__ = [
     "ConfigError",
@@ -15,6 +18,7 @@ __all__ = [
     "NetadaptError",
     "RunDirError",
     "SearchError",
+    "quote",
 ]
 
 

@@ -70,7 +70,13 @@ class Member:
 
 
 def run_members(run: RunDir) -> list[Member]:
-    """Every committed network of the run, in iteration order."""
+    """Every committed network of the run, in iteration order.
+
+    Raises:
+        RunDirError: nothing is committed yet, the history is malformed, a
+            committed row lacks a figure, or its checkpoint is missing or
+            outside the run directory (see `RunDir.checkpoint_file`).
+    """
     state = run.read_state()
     if state is None:
         raise RunDirError(f"{run.path}: the run has no committed iteration yet")
@@ -79,12 +85,10 @@ def run_members(run: RunDir) -> list[Member]:
     rows = rows[rows["iteration"].astype(int) <= state.iteration]
     members = []
     for row in rows.itertuples():
-        checkpoint = run.path / str(row.checkpoint)
-        if not checkpoint.is_file():
-            raise RunDirError(f"{run.path}: history names {row.checkpoint}, which is missing")
         members.append(
-            Member(int(row.iteration), float(row.measured_ms), float(row.predicted_ms), float(row.holdout_acc),
-                   float(row.test_acc) if not pd.isna(row.test_acc) else math.nan, checkpoint)
+            Member(int(row.iteration), run.committed_number(row, "measured_ms"), run.committed_number(row, "predicted_ms"),
+                   run.committed_number(row, "holdout_acc"),
+                   float(row.test_acc) if not pd.isna(row.test_acc) else math.nan, run.checkpoint_file(row))
         )
     return members
 

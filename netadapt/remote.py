@@ -5,9 +5,12 @@ use it exactly like `LocalMeasurer`, and because its `fingerprint()` is the
 device's own, a table built through it is keyed by the device, not by the
 machine running the search.
 
-Only the standard library is used (`http.client`). A lost connection is
-retried with exponential backoff; a refusal (4xx) is not, because sending
-the same request again cannot change the answer.
+Only the standard library is used (`http.client`). A lost connection, and
+a 503 (the device is busy: at its connection cap or holding as many uploads
+as it may), is retried with exponential backoff; a refusal (4xx) or a 504
+(the measurement overran the device's ``--measure-timeout``) is not,
+because sending the same request again cannot change the answer. Every
+error answer becomes a `DeviceError` that quotes the device's reason.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import http.client
 import json
 import logging
 import time
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -140,9 +144,10 @@ class RemoteMeasurer:
         """Measure `onnx_bytes` on the device.
 
         Raises:
-            DeviceError: the device refused the model (with its reason), is
-                unreachable after the retries, or is no longer the device
-                whose fingerprint this measurer reported.
+            DeviceError: the device refused the model or a setting (with its
+                reason), stopped a measurement over its ``--measure-timeout``,
+                is unreachable or busy after the retries, or is no longer the
+                device whose fingerprint this measurer reported.
         """
         health = self.health()  # fails cleanly on a bad token before a large upload
         limit = int(health.get("max_upload_bytes", 0))
@@ -178,7 +183,7 @@ class RemoteMeasurer:
         if body is not None:
             headers["Content-Type"] = "application/octet-stream"
         attempts = self.retries + 1
-        last_error: Exception | None = None
+        last_error: str = ""
         started = time.monotonic()
         for attempt in range(1, attempts + 1):
             connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
@@ -196,23 +201,26 @@ class RemoteMeasurer:
                         f"device at {self.address} did not answer {method} {path} within {self.timeout_s:g} s; "
                         "raise target.timeout_s for slow devices or long measurements"
                     ) from None
-                last_error = error
-                if attempt < attempts:
-                    wait = min(self.backoff_s * 2 ** (attempt - 1), 30.0)
-                    log.warning(
-                        "device at %s: %s (attempt %d of %d); retrying in %.2f s", self.address, error, attempt, attempts, wait
-                    )
-                    time.sleep(wait)
-                continue
+                last_error = str(error)
+            else:
+                if status != HTTPStatus.SERVICE_UNAVAILABLE or attempt == attempts:
+                    return self._decode(method, path, status, data, attempts=attempt)
+                last_error = f"busy (HTTP 503): {_reason(data)}"
             finally:
                 connection.close()
-            return self._decode(method, path, status, data)
+            if attempt < attempts:
+                wait = min(self.backoff_s * 2 ** (attempt - 1), 30.0)
+                log.warning(
+                    "device at %s: %s (attempt %d of %d); retrying in %.2f s",
+                    self.address, last_error, attempt, attempts, wait,
+                )
+                time.sleep(wait)
         raise DeviceError(
             f"device at {self.address} unreachable after {attempts} attempt(s) over {time.monotonic() - started:.1f} s; "
             f"last error: {last_error}. Is `netadapt device serve` running there, and is the port open?"
         )
 
-    def _decode(self, method: str, path: str, status: int, data: bytes) -> dict[str, Any]:
+    def _decode(self, method: str, path: str, status: int, data: bytes, attempts: int = 1) -> dict[str, Any]:
         try:
             answer = json.loads(data.decode("utf-8")) if data else {}
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -222,12 +230,31 @@ class RemoteMeasurer:
             ) from None
         if not isinstance(answer, dict):
             raise DeviceError(f"{self.address} answered {method} {path} with unexpected JSON: {answer!r}")
-        if status == 401:
+        if status == HTTPStatus.UNAUTHORIZED:
             raise DeviceError(
                 f"device at {self.address} rejected the token (HTTP 401): set {TOKEN_ENV} or target.token_file "
                 "to the token the server was started with"
             )
-        if not 200 <= status < 300:
-            reason = answer.get("error", data[:200].decode("utf-8", "replace"))
-            raise DeviceError(f"device at {self.address} refused {method} {path} (HTTP {status}): {reason}")
-        return answer
+        if 200 <= status < 300:
+            return answer
+        reason = _reason(data)
+        if status == HTTPStatus.SERVICE_UNAVAILABLE:
+            raise DeviceError(
+                f"device at {self.address} was still busy after {attempts} attempt(s) at {method} {path} (HTTP 503): {reason}"
+            )
+        if status == HTTPStatus.GATEWAY_TIMEOUT:
+            raise DeviceError(f"device at {self.address} stopped the measurement (HTTP 504): {reason}")
+        if status >= 500:
+            raise DeviceError(f"device at {self.address} failed {method} {path} (HTTP {status}): {reason}")
+        raise DeviceError(f"device at {self.address} refused {method} {path} (HTTP {status}): {reason}")
+
+
+def _reason(data: bytes) -> str:
+    """The device's reason in an error answer: its JSON ``error``, else the start of the body."""
+    try:
+        answer = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        answer = None
+    if isinstance(answer, dict) and isinstance(answer.get("error"), str):
+        return answer["error"]
+    return data[:200].decode("utf-8", "replace") or "(no reason given)"

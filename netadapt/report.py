@@ -9,12 +9,14 @@ benchmark's comparison of the two (benchmarks/headline.py).
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import pandas as pd
 
-from netadapt.errors import RunDirError
+from mobilenetv3.fileio import atomic_write_bytes
+from netadapt.errors import RunDirError, quote
 from netadapt.family import pareto_front, run_members
 from netadapt.rundir import RunDir
 
@@ -106,11 +108,20 @@ def read_baseline(run_path: Path) -> pd.DataFrame | None:
         return None
     try:
         frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise RunDirError(f"{path}: unreadable baseline ({error})") from None
+    except (OSError, ValueError) as error:  # pandas' parser errors and UnicodeDecodeError are ValueErrors
+        raise RunDirError(f"{path}: unreadable baseline ({quote(str(error), 200)})") from None
     missing = {"name", "measured_ms", "test_acc"} - set(frame.columns)
     if missing:
         raise RunDirError(f"{path}: missing columns {sorted(missing)}")
+    for column, low, high, inclusive, wanted in (("measured_ms", 0, math.inf, "neither", "a finite positive number"),
+                                                 ("test_acc", 0, 1, "both", "a number in [0, 1]")):
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        bad = ~numbers.between(low, high, inclusive=inclusive)  # NaN (text, an empty cell) is never between
+        if bad.any():
+            index = int(bad.to_numpy().nonzero()[0][0])
+            raise RunDirError(f"{path}: row {index + 1}, column {column}: expected {wanted}, "
+                              f"got {quote(frame[column].iloc[index])}")
+        frame[column] = numbers
     return frame
 
 
@@ -120,7 +131,7 @@ def plot_pareto(table: pd.DataFrame, baseline: pd.DataFrame | None, path: Path, 
     Args:
         table: the family; columns measured_ms, test_acc and pareto.
         baseline: width-multiplier points (name, measured_ms, test_acc), or None.
-        path: the PNG file.
+        path: the PNG file (written atomically).
         iterations: also draw every row as the search's path; False for a
             table of Pareto members only.
     """
@@ -147,11 +158,10 @@ def plot_pareto(table: pd.DataFrame, baseline: pd.DataFrame | None, path: Path, 
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
     plt.close(figure)
-    temporary.replace(path)
+    atomic_write_bytes(path, buffer.getvalue())
     return True
 
 

@@ -21,21 +21,22 @@ iteration is lost or redone.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
+import math
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dataclasses
-import math
-from dataclasses import dataclass
-
+import numpy as np
 import pandas as pd
 
 from mobilenetv3 import NetSpec
-from mobilenetv3.fileio import atomic_write_text
-from netadapt.errors import RunDirError
+from mobilenetv3.fileio import InputError, atomic_write_text, load_json, read_text
+from netadapt.errors import RunDirError, quote
 
 __all__ = ["HISTORY_COLUMNS", "HistoryRow", "IterationNetwork", "RunDir", "SearchState"]
 
@@ -81,6 +82,8 @@ class HistoryRow:
 
 
 HISTORY_COLUMNS = [f.name for f in dataclasses.fields(HistoryRow)]
+HISTORY_KINDS = ("base", "candidate", "control", "iteration", "final")
+_HISTORY_TYPES = typing.get_type_hints(HistoryRow)
 
 STATE_VERSION = 1
 
@@ -125,43 +128,43 @@ class SearchState:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
         if unknown:
-            raise RunDirError(f"{where}: unknown field(s) {_short(unknown)}; a netadapt run state has {sorted(fields)}")
+            raise RunDirError(f"{where}: unknown field(s) {quote(unknown)}; a netadapt run state has {sorted(fields)}")
         missing = sorted(name for name, f in fields.items() if f.default is dataclasses.MISSING and name not in data)
         if missing:
             raise RunDirError(f"{where}: missing field(s) {missing}")
 
         def number(name: str, positive: bool = True) -> float:
             value = data[name]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) \
                     or (positive and value <= 0):
                 raise RunDirError(f"{where}: {name} must be a finite {'positive ' if positive else ''}number, "
-                                  f"got {_short(value)}")
+                                  f"got {quote(value)}")
             return float(value)
 
         def text(name: str) -> str | None:
             value = data.get(name)
             if value is not None and not isinstance(value, str):
-                raise RunDirError(f"{where}: {name} must be text or null, got {_short(value)}")
+                raise RunDirError(f"{where}: {name} must be text or null, got {quote(value)}")
             return value
 
         iteration = data["iteration"]
         if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
-            raise RunDirError(f"{where}: iteration must be an integer >= 0, got {_short(iteration)}")
+            raise RunDirError(f"{where}: iteration must be an integer >= 0, got {quote(iteration)}")
         finished = data.get("finished", False)
         if not isinstance(finished, bool):
-            raise RunDirError(f"{where}: finished must be true or false, got {_short(finished)}")
+            raise RunDirError(f"{where}: finished must be true or false, got {quote(finished)}")
         accuracy = number("holdout_acc", positive=False)
         if not 0 <= accuracy <= 1:
-            raise RunDirError(f"{where}: holdout_acc must be in [0, 1], got {_short(accuracy)}")
+            raise RunDirError(f"{where}: holdout_acc must be in [0, 1], got {quote(accuracy)}")
         loss = None if data.get("holdout_loss") is None else number("holdout_loss", positive=False)
         figures = data.get("base_figures", [])
         points = data.get("calibration", [])
         if not isinstance(figures, list) or not all(_positive(v) for v in figures):
-            raise RunDirError(f"{where}: base_figures must be a list of finite positive numbers, got {_short(figures)}")
+            raise RunDirError(f"{where}: base_figures must be a list of finite positive numbers, got {quote(figures)}")
         if not isinstance(points, list) or not all(isinstance(p, list) and len(p) == 2 and all(map(_positive, p))
                                                    for p in points):
             raise RunDirError(f"{where}: calibration must be a list of [table ms, measured ms] pairs of finite "
-                              f"positive numbers, got {_short(points)}")
+                              f"positive numbers, got {quote(points)}")
         return cls(
             iteration=iteration, base_ms=number("base_ms"), base_predicted_ms=number("base_predicted_ms"),
             budget_ms=number("budget_ms"), measured_ms=number("measured_ms"), predicted_ms=number("predicted_ms"),
@@ -172,13 +175,14 @@ class SearchState:
 
 
 def _positive(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and _finite(value) and value > 0
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    """A value for an error message: its repr, cut to `limit` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 @dataclass(frozen=True)
@@ -250,9 +254,10 @@ class RunDir:
         if not self.state_path.exists():
             return None
         try:
-            state = json.loads(self.state_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise RunDirError(f"{self.state_path}: unreadable run state ({_short(str(error), 200)})") from None
+            state = load_json(read_text(self.state_path), str(self.state_path))
+        except (OSError, InputError) as error:
+            reason = str(error).removeprefix(f"{self.state_path}: ")  # the path starts our message already
+            raise RunDirError(f"{self.state_path}: unreadable run state ({reason})") from None
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise RunDirError(f"{self.state_path}: not a netadapt run state of version {STATE_VERSION}")
         return SearchState.from_dict({k: v for k, v in state.items() if k != "version"}, str(self.state_path))
@@ -263,16 +268,23 @@ class RunDir:
 
     # ---------------------------------------------------------------- history
     def read_history(self) -> pd.DataFrame:
+        """history.csv with every cell type-checked against `HistoryRow` (an empty cell is NaN).
+
+        Raises:
+            RunDirError: the file is unreadable or not CSV, lacks a column, or a
+                cell is not of its column's type (named by row and column).
+        """
         if not self.history_path.exists():
             return pd.DataFrame(columns=HISTORY_COLUMNS)
         try:
-            frame = pd.read_csv(self.history_path, keep_default_na=False, na_values=[""])
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-            raise RunDirError(f"{self.history_path}: corrupt history ({error})") from None
+            # Every cell as text: each column is converted and checked below, by name.
+            frame = pd.read_csv(self.history_path, keep_default_na=False, na_values=[""], dtype=str)
+        except (OSError, ValueError) as error:  # pandas' parser errors and UnicodeDecodeError are ValueErrors
+            raise RunDirError(f"{self.history_path}: corrupt history ({quote(str(error), 200)})") from None
         missing = [c for c in HISTORY_COLUMNS if c not in frame.columns]
         if missing:
             raise RunDirError(f"{self.history_path}: missing columns {missing}")
-        return frame[HISTORY_COLUMNS]
+        return _checked_history(self.history_path, frame[HISTORY_COLUMNS])
 
     def write_history(self, frame: pd.DataFrame) -> None:
         buffer = io.StringIO()
@@ -300,12 +312,61 @@ class RunDir:
             frame = new if frame.empty else pd.concat([frame, new], ignore_index=True)
         self.write_history(frame)
 
+    def read_spec(self, iteration: int) -> NetSpec:
+        """The spec file of committed iteration `iteration` (0: the base).
+
+        Raises:
+            RunDirError: the file is missing, unreadable or not a valid spec.
+        """
+        path = self.spec_path(iteration)
+        try:
+            return NetSpec.load(path)
+        except FileNotFoundError:
+            raise RunDirError(f"{path}: missing; iteration {iteration} of {self.path} cannot be read") from None
+        except ValueError as error:
+            raise RunDirError(str(error)) from None
+
+    def checkpoint_file(self, row: Any) -> Path:
+        """The checkpoint that `row` (of `read_history().itertuples()`) names: a file inside the run directory.
+
+        A run directory is copied and shared, so its history is input: a name
+        that is absolute or climbs out with ".." is refused, never followed.
+
+        Raises:
+            RunDirError: the cell is empty, leads outside the directory, or names no file.
+        """
+        name = row.checkpoint
+        where = f"{self.history_path}: row {row.Index + 1}, column checkpoint"
+        if not isinstance(name, str) or not name:
+            raise RunDirError(f"{where}: empty; iteration {row.iteration} names no checkpoint")
+        path = Path(name)
+        root = self.path.resolve()
+        if path.is_absolute() or not (root / path).resolve().is_relative_to(root):
+            raise RunDirError(f"{where}: {quote(name)} is outside the run directory; checkpoints are named "
+                              "relative to it, e.g. checkpoints/iter-001.pt")
+        if not (self.path / path).is_file():
+            raise RunDirError(f"{where}: {quote(name)} is missing from {self.path}")
+        return self.path / path
+
+    def committed_number(self, row: Any, column: str) -> float:
+        """`row`'s `column` (a row of `read_history().itertuples()`, of a committed base or iteration), as a float.
+
+        Raises:
+            RunDirError: the cell is empty: a committed row always has it.
+        """
+        value = getattr(row, column)
+        if pd.isna(value):
+            raise RunDirError(f"{self.history_path}: row {row.Index + 1}, column {column}: empty, but iteration "
+                              f"{row.iteration} ({row.kind}) was committed with it; the history is damaged")
+        return float(value)
+
     def iteration_networks(self) -> list[IterationNetwork]:
         """The base and every completed iteration's network, in order, with the run's own figures.
 
         Raises:
             RunDirError: the directory is not a run (no config.yaml or
-                history.csv), or a committed iteration's spec file is missing.
+                history.csv), the history is malformed, or a committed
+                iteration's spec file is missing or invalid.
         """
         if not self.config_path.is_file() or not self.history_path.is_file():
             raise RunDirError(f"{self.path}: not a run directory (needs config.yaml and history.csv from netadapt search)")
@@ -314,17 +375,11 @@ class RunDir:
         networks = []
         for row in rows.itertuples():
             iteration = int(row.iteration)
-            spec_path = self.spec_path(iteration)
-            try:
-                spec = NetSpec.load(spec_path)
-            except FileNotFoundError:
-                raise RunDirError(f"{spec_path}: missing; iteration {iteration} of {self.path} cannot be checked") from None
-            except ValueError as error:
-                raise RunDirError(str(error)) from None
             table = float(row.table_predicted_ms) if not pd.isna(row.table_predicted_ms) else math.nan
             steady = float(row.steady_ms) if not pd.isna(row.steady_ms) else math.nan
-            networks.append(IterationNetwork(iteration, spec, float(row.predicted_ms), table, float(row.measured_ms),
-                                             steady))
+            networks.append(IterationNetwork(iteration, self.read_spec(iteration),
+                                             self.committed_number(row, "predicted_ms"), table,
+                                             self.committed_number(row, "measured_ms"), steady))
         if not networks:
             raise RunDirError(f"{self.path}: history.csv has no committed base or iteration yet")
         return networks
@@ -341,3 +396,42 @@ class RunDir:
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             logger.addHandler(handler)
         return logger
+
+
+def _checked_history(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` (all text) with each column converted to its `HistoryRow` type; the first bad cell is named."""
+    columns = {}
+    for name in HISTORY_COLUMNS:
+        hint = _HISTORY_TYPES[name]
+        optional = type(None) in typing.get_args(hint)
+        kind = next(t for t in (int, float, str) if t is hint or t in typing.get_args(hint))
+        cells = frame[name]
+        empty = cells.isna()
+        if kind is str:
+            bad = empty if not optional else pd.Series(False, index=cells.index)
+            wanted, values = "text", cells
+            if name == "kind":
+                bad, wanted = ~cells.isin(HISTORY_KINDS), f"one of {list(HISTORY_KINDS)}"
+        else:
+            numbers = pd.to_numeric(cells, errors="coerce")
+            bad = numbers.isna() & ~empty  # text that is no number
+            if not optional:
+                bad |= empty
+            wanted = "a number" if kind is float else "an integer"
+            if kind is int:
+                # Whole and well within int64: no iteration, width or seed comes near 2**53.
+                bad |= numbers.notna() & (~np.isfinite(numbers.astype(float)) | (numbers % 1 != 0)
+                                          | (numbers.abs() > 2**53))
+                if name == "iteration":
+                    bad |= numbers < 0
+                    wanted = "an integer >= 0"
+            values = numbers.astype(float)
+            if kind is int and not (bad | numbers.isna()).any():
+                values = numbers.astype("int64")  # as pandas reads a column of whole numbers; with an empty cell, floats
+        if bad.any():
+            index = int(np.flatnonzero(bad.to_numpy())[0])
+            got = "an empty cell" if pd.isna(cells.iloc[index]) else quote(cells.iloc[index])
+            raise RunDirError(f"{path}: row {index + 1} (line {index + 2}), column {name}: expected {wanted}, "
+                              f"got {got}")
+        columns[name] = values
+    return pd.DataFrame(columns, index=frame.index)

@@ -34,7 +34,7 @@ from mobilenetv3 import MobileNetV3, NetSpec, build, preset
 from mobilenetv3.fileio import atomic_write_bytes, atomic_write_text
 from netadapt.config import Config, ModelConfig, TrainConfig
 from netadapt.data import Dataset, Split, load_dataset
-from netadapt.errors import ConfigError, NetadaptError, RunDirError
+from netadapt.errors import ConfigError, NetadaptError, RunDirError, quote
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -423,16 +423,25 @@ def load_checkpoint(path: str | Path) -> MobileNetV3:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt files (zip, pickle, EOF, runtime)
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: "
+                              f"{quote(str(error), 200)})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"{path}: not a netadapt checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
+        raise CheckpointError(f"{path}: not a netadapt checkpoint (format {quote(found)}, expected {CHECKPOINT_FORMAT!r})")
+    for field, kind in (("spec", str), ("state_dict", dict)):
+        if not isinstance(payload.get(field), kind):
+            raise CheckpointError(f"{path}: field {field!r} must be {'YAML text' if kind is str else 'a mapping of tensors'}, "
+                                  f"got {type(payload.get(field)).__name__}")
     try:
-        spec = NetSpec.from_yaml(payload["spec"])
-        model = build(spec)
+        spec = NetSpec.from_yaml(payload["spec"], where="field 'spec'")
+    except ValueError as error:  # the YAML's bounds or the spec's validation; it names the field
+        raise CheckpointError(f"{path}: {error}") from None
+    model = build(spec)
+    try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise CheckpointError(f"{path}: checkpoint is inconsistent ({type(error).__name__}: {error})") from None
+        raise CheckpointError(f"{path}: the weights do not fit the spec ({type(error).__name__}: "
+                              f"{quote(str(error), 300)})") from None
     return model.eval()
 
 
@@ -477,10 +486,18 @@ def model_spec(model_config: ModelConfig, in_channels: int, num_classes: int | N
             raise ConfigError(f"model.spec {model_config.spec}: file not found") from None
         except ValueError as error:
             raise ConfigError(f"model.spec {model_config.spec}: {error}") from None
-        return spec.replace(in_channels=in_channels, num_classes=spec.num_classes if num_classes is None else num_classes)
-    if not model_config.width > 0:
-        raise ConfigError(f"model.width must be > 0, got {model_config.width}")
-    return preset(model_config.preset, width=model_config.width, num_classes=num_classes or 1000, in_channels=in_channels)
+        try:
+            return spec.replace(in_channels=in_channels,
+                                num_classes=spec.num_classes if num_classes is None else num_classes)
+        except ValueError as error:  # the data's channels or classes past the spec's bounds
+            raise ConfigError(f"model.spec {model_config.spec}: {error}") from None
+    if not (isinstance(model_config.width, (int, float)) and math.isfinite(model_config.width) and model_config.width > 0):
+        raise ConfigError(f"model.width must be a finite number > 0, got {quote(model_config.width)}")
+    try:
+        return preset(model_config.preset, width=model_config.width, num_classes=num_classes or 1000,
+                      in_channels=in_channels)
+    except ValueError as error:  # a width whose channels pass the spec's bounds
+        raise ConfigError(f"model.width {quote(model_config.width)}: {error}") from None
 
 
 def train_base(

@@ -49,3 +49,59 @@ def test_console_script_is_installed():
     executable = shutil.which("netadapt") or str(Path(sys.executable).with_name("netadapt"))
     result = subprocess.run([executable, "model", "show", "--preset", "small"], capture_output=True, text=True, check=True)
     assert "2,542,856" in result.stdout
+
+
+def _netadapt(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "netadapt.cli.main", *arguments], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_absurd_specs_are_refused_by_show_and_export_naming_the_field(tmp_path, tiny_spec):
+    # Once: `model show` printed them and `model export` died allocating gigabytes.
+    for field, value, message in (("expanded: 32", "expanded: 1000000000", "block 1: expanded must be <= 16384"),
+                                  ("kernel: 5", "kernel: 1000001", "block 2: kernel must be <= 15")):
+        path = tmp_path / "absurd.yaml"
+        path.write_text(tiny_spec.to_yaml().replace(field, value))
+        for command in (["show", "--input", "32"], ["export", "--out", str(tmp_path / "m.onnx"), "--input", "1x1x32x32"]):
+            done = _netadapt("model", *command, "--spec", str(path))
+            assert done.returncode == 2 and f"{path}: {message}" in done.stderr, done.stderr
+            assert "Traceback" not in done.stderr
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_absurd_presets_and_inputs_are_refused(tmp_path, capsys):
+    assert main(["model", "show", "--preset", "large", "--width", "40"]) == 2
+    err = capsys.readouterr().err
+    assert "--preset large --width 40" in err and "must be <= 16384 channels" in err
+    assert main(["model", "show", "--in-channels", "0"]) == 2
+    assert "in_channels must be >= 1" in capsys.readouterr().err
+    assert main(["model", "export", "--out", str(tmp_path / "x.onnx"), "--input", "1x3x100000x100000"]) == 2
+    assert "the height must be <= 4096, got 100000" in capsys.readouterr().err
+    assert main(["model", "show", "--input", "1000000000"]) == 2
+    assert r"--input must be a size in pixels in [1, 4096]" in capsys.readouterr().err
+    assert main(["model", "show", "--width", "nan"]) == 2
+    assert "--width must be a finite number > 0, got nan" in capsys.readouterr().err
+
+
+def test_spec_files_a_person_should_not_have_written_are_refused_briefly(tmp_path, tiny_spec):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+                    + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10))
+                    + tiny_spec.to_yaml().replace("name: tiny", "name: *a9"))
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(bytes(range(256)))
+    for path, message in ((bomb, "its aliases expand to more than"), (binary, "not UTF-8 text")):
+        done = _netadapt("model", "show", "--spec", str(path))
+        assert done.returncode == 2 and f"{path}: {message}" in done.stderr and "Traceback" not in done.stderr
+        assert len(done.stderr) < 500, "the value is never echoed whole"
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    # Once every output was 0600 (mkstemp's mode), whatever the umask: now as any other new file.
+    for umask, mode in ((0o022, 0o644), (0o027, 0o640)):
+        out = tmp_path / f"m-{umask:o}.onnx"
+        done = subprocess.run([sys.executable, "-m", "netadapt.cli.main", "model", "export", "--preset", "small",
+                               "--width", "0.35", "--input", "1x1x32x32", "--out", str(out)],
+                              capture_output=True, text=True, timeout=300, umask=umask)
+        assert done.returncode == 0, done.stderr
+        assert out.stat().st_mode & 0o777 == mode

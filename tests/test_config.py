@@ -1,6 +1,12 @@
+import dataclasses
+import subprocess
+import sys
+import typing
+from typing import Literal
+
 import pytest
 
-from netadapt.config import Config, apply_overrides, load_config
+from netadapt.config import Config, apply_overrides, check_ranges, load_config
 from netadapt.errors import ConfigError
 
 
@@ -77,3 +83,126 @@ def test_shipped_configs_load_and_embedded_matches_the_defaults():
     for path in configs:
         load_config(path)
     assert load_config(Path(__file__).parent.parent / "configs" / "embedded.yaml") == Config()
+
+
+def _numeric_keys():
+    """Every numeric config field, as (dotted key, "int" or "float"): a list of floats counts as floats."""
+    keys = []
+    for section in [None, *dataclasses.fields(Config)]:
+        cls = Config if section is None else typing.get_type_hints(Config)[section.name]
+        if not dataclasses.is_dataclass(cls):
+            continue
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kinds = {hints[f.name], *typing.get_args(hints[f.name])}
+            kinds |= {a for k in kinds for a in typing.get_args(k)}
+            kind = "int" if int in kinds else "float" if float in kinds else None
+            if kind and not dataclasses.is_dataclass(hints[f.name]) and typing.get_origin(hints[f.name]) is not Literal:
+                keys.append((f.name if section is None else f"{section.name}.{f.name}", kind))
+    return keys
+
+
+NUMERIC_KEYS = _numeric_keys()
+
+
+def test_every_numeric_field_is_found():
+    keys = dict(NUMERIC_KEYS)
+    assert len(keys) > 50 and keys["train.lr"] == "float" and keys["target.retries"] == "int"
+    assert keys["data.mean"] == "float" and keys["search.budget_ms"] == "float" and "data.channels" not in keys
+
+
+@pytest.mark.parametrize("key, kind", NUMERIC_KEYS)
+def test_every_numeric_field_is_range_checked_naming_the_key(key, kind):
+    # No numeric setting accepts a negative value, nor any setting NaN or infinity.
+    wrap = (lambda text: f"[{text}]") if key in ("data.mean", "data.std") else (lambda text: text)
+    index = r"\[0\]" if key in ("data.mean", "data.std") else ""
+    must = f"--set: {key}{index} must be {'an integer' if kind == 'int' else 'a finite number'}"
+    for value in (".nan", ".inf", "-.inf"):
+        with pytest.raises(ConfigError, match=must):
+            load_config(None, [f"{key}={wrap(value)}"])
+    if key != "data.mean":  # a normalisation mean may be negative
+        with pytest.raises(ConfigError, match=f"{must}.*got -1"):
+            load_config(None, [f"{key}={wrap('-1')}"])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.momentum=1"], r"train.momentum must be a finite number in \[0, 1\), got 1.0"),
+        (["train.lr=0"], "train.lr must be a finite number > 0, got 0.0"),
+        (["search.budget_ratio=1.5"], r"search.budget_ratio must be a finite number in \(0, 1\), got 1.5"),
+        (["search.max_iterations=0"], "search.max_iterations must be an integer >= 1, got 0"),
+        (["seed=4294967296"], r"seed must be an integer in \[0, 4294967295\]"),
+        (["data.resolution=100000"], r"data.resolution must be an integer in \[8, 4096\]"),
+        (["data.std=[0.5, 0]"], r"data.std\[1\] must be a finite number > 0, got 0.0"),
+    ],
+)
+def test_out_of_range_values_name_the_key_and_the_range(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_a_config_changed_in_python_is_checked_before_a_search(tmp_path):
+    from netadapt.search import validate_search_config
+
+    config = load_config(None, ["search.budget_ms=1"])
+    check_ranges(config)
+    changed = dataclasses.replace(config, search=dataclasses.replace(config.search, decay=float("nan")))
+    with pytest.raises(ConfigError, match="config: search.decay must be a finite number in"):
+        validate_search_config(changed)
+
+
+ALIAS_BOMB = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 8)
+)
+
+
+def test_an_alias_bomb_in_a_config_is_refused_naming_the_file(tmp_path):
+    # Once: 80 MB of stderr at 7 levels, as the whole value was quoted in "must be an integer, got [[[...".
+    path = tmp_path / "bomb.yaml"
+    path.write_text(ALIAS_BOMB + "train:\n  steps: *a7\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value).startswith(f"{path}: its aliases expand to more than")
+    assert len(str(error.value)) < 300
+
+
+def test_long_values_are_quoted_short(tmp_path):
+    path = tmp_path / "long.yaml"
+    path.write_text(f"train:\n  steps: {'9' * 50_000}x\n")
+    with pytest.raises(ConfigError, match=r"train.steps must be an integer, got '9999.*\.\.\.$") as error:
+        load_config(path)
+    assert len(str(error.value)) < 200
+    path.write_text(f"train:\n  ? {'k' * 50_000}\n  : 1\n")  # an explicit key: a plain one stops at 1024
+    with pytest.raises(ConfigError, match=r"unknown key 'train.kkkk.*\.\.\.; valid keys") as error:
+        load_config(path)
+    assert len(str(error.value)) < 1000
+    with pytest.raises(ConfigError, match=r"--set 'train.steps': not valid YAML"):
+        load_config(None, ["train.steps=[unclosed"])
+
+
+def test_unreadable_config_files_name_the_file(tmp_path):
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(ConfigError, match=f"{binary}: not UTF-8 text"):
+        load_config(binary)
+    repeated = tmp_path / "repeated.yaml"
+    repeated.write_text("train:\n  steps: 5\ntrain:\n  steps: 6\n")
+    with pytest.raises(ConfigError, match=f"{repeated}: line 3: key 'train' is repeated"):
+        load_config(repeated)
+    odd_keys = tmp_path / "keys.yaml"
+    odd_keys.write_text("1: a\nzz: b\n")  # keys of two types, which cannot be sorted together
+    with pytest.raises(ConfigError, match=f"{odd_keys}: unknown key 1;"):
+        load_config(odd_keys)
+
+
+def test_config_errors_reach_the_cli_without_a_traceback(tmp_path):
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\x00\xff\xfe\x89")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(ALIAS_BOMB + "train:\n  steps: *a7\n")
+    for path, message in ((binary, "not UTF-8 text"), (bomb, "its aliases expand")):
+        done = subprocess.run([sys.executable, "-m", "netadapt.cli.main", "train", "--config", str(path),
+                               "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and f"{path}: {message}" in done.stderr
+        assert "Traceback" not in done.stderr and len(done.stderr) < 500

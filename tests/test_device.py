@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import http.client
 import http.server
 import json
 import logging
 import os
+import resource
 import selectors
+import signal
 import socket
 import subprocess
 import sys
@@ -24,13 +27,16 @@ from mobilenetv3 import build, preset
 from netadapt.benchmark import LocalMeasurer, Measurer, Target
 from netadapt.cli.main import main
 from netadapt.config import MeasureConfig, TargetConfig
-from netadapt.device_server import parse_settings, target_settings
+from netadapt.device_limits import ServerLimits
+from netadapt.device_server import DeviceServer, parse_settings, target_settings
 from netadapt.errors import ConfigError, DeviceError
 from netadapt.measurers import make_measurer
 from netadapt.onnx_export import onnx_bytes
 from netadapt.remote import RemoteMeasurer, parse_device
 
 TOKEN = "test-token-0123456789"
+REPO = Path(__file__).resolve().parents[1]
+CANARY = "canary.bin"
 LIGHT = Target.from_settings((1, 1, 32, 32), warmup_runs=1, min_runs=3, min_seconds=0.01)
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -49,13 +55,21 @@ class Server:
         return self.log.read_text()
 
 
-def start_server(log: Path, *args: str, token_env: bool = True, port: int = 0) -> Server:
+def start_server(log: Path, *args: str, token_env: bool = True, port: int = 0, cwd: Path | None = None,
+                 max_open_files: int | None = None) -> Server:
     """Start `netadapt device serve` and wait for its 'listening on' line (the real port)."""
     env = {k: v for k, v in os.environ.items() if k != "NETADAPT_DEVICE_TOKEN"}
     if token_env:
         env["NETADAPT_DEVICE_TOKEN"] = TOKEN
+    # The checkout under test, wherever the server's cwd is.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "netadapt.cli.main", "device", "serve", "--port", str(port), *args]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log.open("w"), env=env, text=True)
+
+    def limit_open_files() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max_open_files, max_open_files))
+
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log.open("w"), env=env, text=True, cwd=cwd,
+                               preexec_fn=limit_open_files if max_open_files else None)
     selector = selectors.DefaultSelector()
     selector.register(process.stdout, selectors.EVENT_READ)
     if not selector.select(timeout=120):  # a hang, not a timing: startup imports torch
@@ -75,9 +89,12 @@ def stop(server: Server) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Server:
-    log = tmp_path_factory.mktemp("device") / "server.log"
-    # 1 MiB upload limit and a 2 s upload timeout keep the 413 and stall cases small and quick.
-    running = start_server(log, "--max-upload-mb", "1", "--upload-timeout", "2")
+    home = tmp_path_factory.mktemp("device")
+    (home / CANARY).write_bytes(b"\0" * 64)  # a file in the server's cwd that a model must not be able to name
+    # Small limits keep the 413, 408, 503 and 504 cases quick: 1 MiB uploads, 1.5 MiB held at once,
+    # 2 s per request, 3 s per measurement.
+    running = start_server(home / "server.log", "--max-upload-mb", "1", "--max-buffered-mb", "1.5",
+                           "--upload-timeout", "2", "--measure-timeout", "3", cwd=home)
     yield running
     stop(running)
 
@@ -115,11 +132,23 @@ def raw_exchange(server: Server, head: bytes, body: bytes = b"", close_early: bo
         return b"".join(chunks)
 
 
-def post_head(length: int, token: str = TOKEN) -> bytes:
+def post_head(length: int, token: str = TOKEN, query: str = "min_runs=3&min_seconds=0.01", extra: str = "") -> bytes:
     return (
-        f"POST /measure?min_runs=3&min_seconds=0.01 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-        f"Content-Length: {length}\r\n\r\n"
+        f"POST /measure?{query} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Length: {length}\r\n{extra}\r\n"
     ).encode()
+
+
+def is_waiting(sock: socket.socket) -> bool:
+    """Whether the server holds `sock` open without having answered (it sent nothing and did not close)."""
+    sock.settimeout(0.2)
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+        return False  # an answer, or the end of the connection
+    except socket.timeout:
+        return True
+    except OSError:
+        return False
 
 
 # ------------------------------------------------------------------ round trip
@@ -456,3 +485,334 @@ def test_bench_measures_on_the_remote_target(server, monkeypatch, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["median_ms"] > 0 and result["fingerprint"]["onnxruntime"]
     assert measurements_done(server) == before + 1, "the measurement must happen on the device"
+
+
+# ------------------------------------------------------- external data anywhere
+def _external_tensor(location: str, name: str = "leak") -> onnx.TensorProto:
+    tensor = onnx.helper.make_tensor(name, onnx.TensorProto.FLOAT, [4], [0.0] * 4)
+    tensor.ClearField("float_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", location
+    return tensor
+
+
+def _external_sparse(location: str) -> onnx.SparseTensorProto:
+    indices = onnx.helper.make_tensor("leak_indices", onnx.TensorProto.INT64, [4], [0, 1, 2, 3])
+    return onnx.helper.make_sparse_tensor(_external_tensor(location), indices, [4])
+
+
+def _constant(location: str, name: str = "leak") -> onnx.NodeProto:
+    return onnx.helper.make_node("Constant", [], [name], value=_external_tensor(location))
+
+
+def _subgraph(*nodes: onnx.NodeProto, name: str = "sub") -> onnx.GraphProto:
+    output = onnx.helper.make_tensor_value_info(nodes[-1].output[0], onnx.TensorProto.FLOAT, [4])
+    return onnx.helper.make_graph(list(nodes), name, [], [output])
+
+
+def _custom(**attributes) -> onnx.NodeProto:
+    return onnx.helper.make_node("Leak", [], ["leak"], domain="test.leak", **attributes)
+
+
+def _in_function(proto: onnx.ModelProto, location: str) -> None:
+    proto.functions.append(onnx.helper.make_function(
+        "test.leak", "Leak", [], ["leak"], [_constant(location)], [onnx.helper.make_opsetid("", 17)]))
+
+
+def _in_function_default(proto: onnx.ModelProto, location: str) -> None:
+    _in_function(proto, location)
+    proto.functions[0].node[0].attribute[0].t.CopyFrom(onnx.helper.make_tensor("ok", onnx.TensorProto.FLOAT, [1], [0.0]))
+    proto.functions[0].attribute_proto.append(onnx.helper.make_attribute("value", _external_tensor(location)))
+
+
+# Every place ONNX can keep a tensor; each adds one tensor whose data lives in `location`.
+EXTERNAL_DATA_PLACES = {
+    "initializer": lambda proto, loc: proto.graph.initializer.append(_external_tensor(loc)),
+    "sparse initializer": lambda proto, loc: proto.graph.sparse_initializer.append(_external_sparse(loc)),
+    "Constant value": lambda proto, loc: proto.graph.node.append(_constant(loc)),
+    "Constant sparse_value": lambda proto, loc: proto.graph.node.append(
+        onnx.helper.make_node("Constant", [], ["leak"], sparse_value=_external_sparse(loc))),
+    "tensor list attribute": lambda proto, loc: proto.graph.node.append(_custom(tensors=[_external_tensor(loc)])),
+    "sparse tensor list attribute": lambda proto, loc: proto.graph.node.append(
+        _custom(sparse_tensors=[_external_sparse(loc)])),
+    "If branch inside a Loop body": lambda proto, loc: proto.graph.node.append(onnx.helper.make_node(
+        "Loop", ["", ""], ["leak"], body=_subgraph(onnx.helper.make_node(
+            "If", ["cond"], ["leak"], then_branch=_subgraph(_constant(loc)), else_branch=_subgraph(_constant("x.bin")))))),
+    "graph list attribute": lambda proto, loc: proto.graph.node.append(_custom(graphs=[_subgraph(_constant(loc))])),
+    "model-local function": _in_function,
+    "function default attribute": _in_function_default,
+    "training graph": lambda proto, loc: proto.training_info.add().initialization.initializer.append(_external_tensor(loc)),
+}
+
+
+@pytest.mark.parametrize("place", sorted(EXTERNAL_DATA_PLACES))
+def test_external_data_is_refused_anywhere_with_one_message_whether_or_not_the_file_exists(server, model, place):
+    before = measurements_done(server)
+    answers = []
+    for location in (CANARY, "absent.bin"):  # the canary exists in the server's cwd, the other file nowhere
+        proto = onnx.load_from_string(model)
+        EXTERNAL_DATA_PLACES[place](proto, location)
+        answers.append(request(server, "POST", "/measure", body=proto.SerializeToString(), headers=HEADERS))
+    (status, present), (status_absent, absent) = answers
+    assert status == status_absent == 400
+    assert "uses external data" in present["error"]
+    assert present == absent, "the answer must not tell whether the file exists"
+    assert measurements_done(server) == before
+
+
+# ------------------------------------------------------------ capped settings
+@pytest.mark.parametrize(
+    "query, named",
+    [
+        ("min_seconds=inf", "'min_seconds'"),
+        ("min_seconds=nan", "'min_seconds'"),
+        ("min_seconds=60", "--measure-timeout"),
+        ("max_runs=1000000000000", "cap of 1000000"),
+        ("warmup_runs=1000000000000", "'warmup_runs'"),
+        ("windows=1000000000", "'windows'"),
+        (f"threads={(os.cpu_count() or 1) + 1}", "'threads'"),
+        ("batch=100000000", "'batch'"),
+        ("priority=realtime", "--allow-priority"),
+    ],
+)
+def test_a_setting_over_the_servers_cap_is_400_before_the_upload(server, query, named):
+    # Headers only: had the server waited for the body it would answer 408 after its upload timeout.
+    answer = raw_exchange(server, post_head(1000, query=query))
+    assert answer.startswith(b"HTTP/1.0 400"), answer[:300]
+    assert named.encode() in answer
+    assert b"cap" in answer or b"not allowed" in answer
+
+
+# ------------------------------------------------- whole-request deadline
+def trickle(server: Server, head: bytes, drip: bytes, interval_s: float = 0.25) -> tuple[float, bytes]:
+    """Send `head`, then `drip` one byte per `interval_s`, until the server closes or `drip` runs out.
+
+    Returns the seconds from connecting to the close (inf if it never closed) and what the server sent.
+    """
+    started = time.monotonic()
+    received = b""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head)
+        for byte in drip:
+            sock.settimeout(interval_s)
+            try:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return time.monotonic() - started, received
+                received += chunk
+            except socket.timeout:
+                pass
+            except OSError:
+                return time.monotonic() - started, received
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                return time.monotonic() - started, received
+    return float("inf"), received
+
+
+@pytest.mark.parametrize("phase", ["headers", "body"])
+def test_a_trickling_client_is_dropped_at_the_request_deadline(server, phase):
+    # One byte every 0.25 s never trips a per-read timeout; the fixture's 2 s deadline covers the whole request.
+    if phase == "headers":
+        head, drip = b"GET / HTTP/1.1\r\n", b"X-Slow: " + b"a" * 40
+    else:
+        head, drip = post_head(1000), b"\0" * 40
+    elapsed, answer = trickle(server, head, drip)
+    assert elapsed < 4.0, f"still open after {len(drip) * 0.25:g} s of trickling"
+    if phase == "body":
+        assert answer.startswith(b"HTTP/1.0 408") and b"--upload-timeout" in answer, answer[:300]
+
+
+# ---------------------------------------------------- connection cap
+def test_idle_connections_cannot_lock_out_clients_under_a_low_file_limit(tmp_path):
+    # The reported case: 80 files, 78 idle connections, and health checks timed out.
+    running = start_server(tmp_path / "server.log", "--max-connections", "16", "--upload-timeout", "20",
+                           max_open_files=80)
+    idle: list[socket.socket] = []
+    try:
+        authenticated = socket.create_connection(("127.0.0.1", running.port), timeout=10)
+        idle.append(authenticated)
+        authenticated.sendall(post_head(1000) + b"\0" * 10)
+        time.sleep(0.5)  # its handler reads the headers and checks the token meanwhile
+        for _ in range(78):
+            idle.append(socket.create_connection(("127.0.0.1", running.port), timeout=10))
+        status, answer = request(running, "GET", "/", headers=HEADERS)
+        assert status == 200 and "fingerprint" in answer
+        assert is_waiting(authenticated), "an authenticated upload was dropped before the idle connections"
+        assert "dropped the unauthenticated connection" in running.log_text()
+    finally:
+        for sock in idle:
+            sock.close()
+        stop(running)
+
+
+def test_failed_accepts_are_logged_and_backed_off(caplog):
+    # In-process, with the listener replaced: running out of file descriptors for real would take the test with it.
+    server = DeviceServer("127.0.0.1", 0, TOKEN, ServerLimits())
+    listener = server.socket
+    tries: list[float] = []
+
+    class Exhausted:
+        """The listener of a process out of file descriptors: readable, but every accept fails."""
+
+        def fileno(self) -> int:
+            return listener.fileno()
+
+        def accept(self):
+            tries.append(time.monotonic())
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        def close(self) -> None:
+            listener.close()
+
+    server.socket = Exhausted()
+    waiting = socket.create_connection(server.address, timeout=10)  # keeps the listener readable
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="netadapt.device"):
+            thread.start()
+            time.sleep(1.0)
+            server.shutdown()
+            thread.join(timeout=10)
+    finally:
+        server.server_close()
+        waiting.close()
+    # Pauses doubling from 0.05 s allow about five tries in that second; a spinning loop makes thousands.
+    assert 1 <= len(tries) <= 15, f"{len(tries)} accepts in a second"
+    assert "accepting a connection failed" in caplog.text and "Too many open files" in caplog.text
+
+
+# ------------------------------------------------ framing and memory held
+@pytest.mark.parametrize(
+    "extra, reason",
+    [
+        ("Content-Length: 20\r\n", b"Content-Length given 2 times"),
+        ("Transfer-Encoding: chunked\r\n", b"Transfer-Encoding is not accepted"),
+    ],
+)
+def test_ambiguous_framing_is_400(server, extra, reason):
+    before = measurements_done(server)
+    answer = raw_exchange(server, post_head(10, extra=extra), b"\0" * 20)
+    assert answer.startswith(b"HTTP/1.0 400"), answer[:300]
+    assert reason in answer
+    assert measurements_done(server) == before
+
+
+def test_uploads_held_at_once_are_capped_in_total(server, model, caplog):
+    junk = b"\0" * 600_000  # under the 1 MiB upload limit, but not beside a 1 MiB upload within 1.5 MiB
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as held:
+        held.sendall(post_head(2**20) + b"\0" * 100)
+        time.sleep(0.2)  # its handler reserves the 1 MiB meanwhile
+        answer = raw_exchange(server, post_head(len(junk)))  # headers only: answered before any body
+        assert answer.startswith(b"HTTP/1.0 503") and b"--max-buffered-mb" in answer, answer[:300]
+        measurer = RemoteMeasurer(server.address, LIGHT, token=TOKEN, retries=1, backoff_s=0.01)
+        with caplog.at_level(logging.WARNING, logger="netadapt.remote"):
+            with pytest.raises(DeviceError, match=r"busy after 2 attempt\(s\).*HTTP 503\): .*--max-buffered-mb"):
+                measurer.measure(junk)
+        assert "retrying" in caplog.text  # busy is worth retrying, unlike a refusal
+    # Released with the connection: the next upload is measured (a 503 in the gap is retried).
+    result = RemoteMeasurer(server.address, LIGHT, token=TOKEN, retries=5, backoff_s=0.1).measure(model)
+    assert result.runs >= 3
+
+
+# ---------------------------------------------- measure timeout and Ctrl-C
+def _model_that_never_finishes() -> bytes:
+    """A checker-valid model with a `Loop` of 2^62 iterations: onnxruntime runs it for ever."""
+    helper, T = onnx.helper, onnx.TensorProto
+    shape = [1, 1, 2, 2]
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["v_in", "v_in"], ["v_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", T.INT64, []), helper.make_tensor_value_info("cond_in", T.BOOL, []),
+         helper.make_tensor_value_info("v_in", T.FLOAT, shape)],
+        [helper.make_tensor_value_info("cond_out", T.BOOL, []), helper.make_tensor_value_info("v_out", T.FLOAT, shape)],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["trips"], value=helper.make_tensor("trips", T.INT64, [], [2**62])),
+         helper.make_node("Constant", [], ["go"], value=helper.make_tensor("go", T.BOOL, [], [True])),
+         helper.make_node("Loop", ["trips", "go", "x"], ["y"], body=body)],
+        "forever",
+        [helper.make_tensor_value_info("x", T.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", T.FLOAT, shape)],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def test_a_measurement_over_the_timeout_is_stopped_and_the_queue_goes_on(server, model, caplog):
+    measurer = RemoteMeasurer(server.address, LIGHT, token=TOKEN, retries=3, backoff_s=0.01, timeout_s=60)
+    with caplog.at_level(logging.WARNING, logger="netadapt.remote"):
+        with pytest.raises(DeviceError, match=r"HTTP 504\): .*--measure-timeout"):
+            measurer.measure(_model_that_never_finishes())
+    assert "retrying" not in caplog.text  # the same model would overrun again
+    assert measurer.measure(model).runs >= 3  # a fresh measuring process took over
+    assert "killed: over --measure-timeout" in server.log_text()
+
+
+def test_ctrl_c_ends_the_server_during_a_measurement(tmp_path):
+    running = start_server(tmp_path / "server.log", "--measure-timeout", "600")
+    forever = _model_that_never_finishes()
+    try:
+        deadline = time.monotonic() + 120
+        while "measuring process pid" not in running.log_text() and time.monotonic() < deadline:
+            time.sleep(0.1)  # the server starts its measuring process at start-up
+        child = int(running.log_text().split("measuring process pid ")[1].split()[0])
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as busy:
+            busy.sendall(post_head(len(forever)) + forever)
+            time.sleep(1.0)  # the model reaches the measuring process and runs
+            running.process.send_signal(signal.SIGINT)
+            assert running.process.wait(timeout=30) in (0, 130)  # ended, rather than hung on the measurement
+    finally:
+        if running.process.poll() is None:
+            running.process.kill()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the measuring process outlived the server")
+
+
+# ------------------------------------------------------------ server flags
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--upload-timeout", "nan"], "--upload-timeout"),
+        (["--upload-timeout", "inf"], "--upload-timeout"),
+        (["--upload-timeout", "0"], "--upload-timeout"),
+        (["--max-upload-mb", "nan"], "--max-upload-mb"),
+        (["--max-upload-mb", "4096"], "--max-upload-mb"),
+        (["--max-upload-mb", "8", "--max-buffered-mb", "4"], "--max-buffered-mb"),
+        (["--max-buffered-mb", "inf"], "--max-buffered-mb"),
+        (["--measure-timeout", "-1"], "--measure-timeout"),
+        (["--measure-timeout", "nan"], "--measure-timeout"),
+        (["--max-connections", "0"], "--max-connections"),
+        (["--port", "70000"], "--port"),
+        (["--allow-priority", "normal,turbo"], "--allow-priority"),
+        (["--allow-priority", ""], "--allow-priority"),
+    ],
+)
+def test_serve_refuses_a_bad_flag_before_starting(monkeypatch, capsys, flags, named):
+    monkeypatch.setenv("NETADAPT_DEVICE_TOKEN", TOKEN)
+
+    def started(self, *args, **kwargs):
+        raise AssertionError("the server started")  # instead of serving for ever
+
+    monkeypatch.setattr(DeviceServer, "serve_forever", started)
+    assert main(["device", "serve", "--port", "0", *flags]) == 2
+    assert named in capsys.readouterr().err
+
+
+def test_serve_refuses_more_connections_than_the_file_limit_allows(monkeypatch, capsys):
+    monkeypatch.setenv("NETADAPT_DEVICE_TOKEN", TOKEN)
+    monkeypatch.setattr("netadapt.device_server._fd_limit", lambda: 80)
+    assert main(["device", "serve", "--port", "0", "--max-connections", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-connections" in err and "ulimit -n" in err

@@ -330,12 +330,18 @@ def test_correction_fit_keeps_the_search_floor_positive(tmp_path, tiny_spec):
     # steep line through the cuts' raw sums cross zero above the floor's raw sum.
     floor = lower_bound_spec(tiny_spec, 8, 8)
     cuts = [tiny_spec, *(random_subnetwork(tiny_spec, random.Random(seed), granularity=8) for seed in range(20))]
-    cuts = [spec for spec in dict.fromkeys(cuts) if spec != floor][:4]
+    cuts = [spec for spec in dict.fromkeys(cuts) if spec != floor]
     table = LatencyTable.open(tmp_path / "lut.csv", CountingMeasurer(), SHAPE)
     table.fill(cuts + [floor], progress=False)
+    # The cuts whose measured sums are clearly above the floor's (with these tiny
+    # units, timing noise can put a small cut's sum next to the floor's), and a
+    # line through zero between the floor's sum and theirs.
+    floor_raw = table.raw_sum_ms(floor)
+    cuts = [spec for spec in cuts if table.raw_sum_ms(spec) > 1.1 * floor_raw][:4]
+    assert len(cuts) == 4, "the tiny spec's cuts should mostly measure above its floor"
     raw = [table.raw_sum_ms(spec) for spec in cuts]
-    low = min(raw)
-    steep = [summarize([0.1 * low + 10 * (r - low)]) for r in raw]
+    zero = (floor_raw + min(raw)) / 2
+    steep = [summarize([10 * (r - zero)]) for r in raw]
     table.fit_correction(cuts, measured=steep)
     assert table.predict_ms(floor) < 0, "the test's figures should extrapolate the floor below zero"
     table.fit_correction(cuts, measured=steep, unfitted=[floor])
@@ -448,6 +454,113 @@ def test_corrupt_file_is_refused_naming_it(tmp_path, tiny_spec, damage):
         path.write_text("")
     with pytest.raises(LatencyTableError, match=str(path)):
         LatencyTable.open(path, CountingMeasurer(), SHAPE)
+
+
+@pytest.fixture(scope="module")
+def table_file(tmp_path_factory, tiny_spec) -> str:
+    """The text of a filled table with references and fitted corrections."""
+    path = tmp_path_factory.mktemp("table") / "lut.csv"
+    LatencyTable.open(path, CountingMeasurer(), SHAPE).fit_correction([tiny_spec])
+    return path.read_text()
+
+
+def resigned(text: str, header_edit=None, cell: tuple[str, str] | None = None) -> str:
+    """`text` with its header changed by `header_edit(header)` or the first row's `cell` (column, value) set,
+    and the checksum and row count made to match again: damage the checksum cannot catch."""
+    import hashlib
+    import io
+
+    import pandas as pd
+
+    first, _, body = text.partition("\n")
+    header = json.loads(first[2:])
+    if cell is not None:
+        frame = pd.read_csv(io.StringIO(body), dtype=str, keep_default_na=False)
+        frame.loc[0, cell[0]] = cell[1]
+        body = frame.to_csv(index=False, lineterminator="\n")
+    if header_edit is not None:
+        header_edit(header)
+    header["sha256"] = hashlib.sha256(body.encode("utf-8")).hexdigest()
+    return "# " + json.dumps(header, sort_keys=True) + "\n" + body
+
+
+@pytest.mark.parametrize(
+    "column, value, message",
+    [
+        ("min_ms", "-70", "column min_ms: expected a finite positive number, got '-70'"),  # once predicted -70 ms
+        ("min_ms", "inf", "column min_ms: expected a finite positive number, got 'inf'"),
+        ("median_ms", "nan", "column median_ms: expected a finite positive number, got 'nan'"),
+        ("median_ms", "abc", "column median_ms: expected a finite positive number, got 'abc'"),
+        ("gauge", "0", "column gauge: expected a finite positive number, got '0'"),
+        ("cv", "-0.1", "column cv: expected a finite number >= 0, got '-0.1'"),
+        ("runs", "2.5", r"column runs: expected an integer in \[1, 2147483647\], got '2.5'"),
+        ("height", "1e30", r"column height: expected an integer in \[1, 2147483647\], got '1e30'"),
+        ("se", "maybe", "column se: expected True or False, got 'maybe'"),
+        ("kind", "layer", r"column kind: expected one of \['stem', 'block', 'last_conv', 'head'\]"),
+        ("stride", "3", r"column key: '.*' does not name the row's unit \('.*:s3:"),
+    ],
+)
+def test_a_table_value_out_of_place_is_refused_by_row_and_column(tmp_path, table_file, column, value, message):
+    path = tmp_path / "lut.csv"
+    path.write_text(resigned(table_file, cell=(column, value)))
+    with pytest.raises(LatencyTableError, match=rf"{path}: row 1 \(line 3[,)].*{message}"):
+        LatencyTable.open(path, CountingMeasurer(), SHAPE)
+
+
+def test_a_repeated_key_is_refused(tmp_path, table_file):
+    first, _, body = table_file.partition("\n")
+    lines = body.splitlines()
+    path = tmp_path / "lut.csv"
+    path.write_text(resigned(first + "\n" + "\n".join([lines[0], lines[1], *lines[1:]]) + "\n",
+                             lambda header: header.update(rows=header["rows"] + 1)))
+    with pytest.raises(LatencyTableError, match=rf"{path}: row 2 \(line 4\) repeats the key of row 1"):
+        LatencyTable.open(path, CountingMeasurer(), SHAPE)
+
+
+def _first_correction(header: dict) -> dict:
+    return header["corrections"][sorted(header["corrections"])[0]]
+
+
+CORRECTION = r"corrections\['.*'\]: "  # a message about the first correction starts so
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda h: h.update(corrections={"x:min": [1, 2]}), r"corrections\['x:min'\]: expected a mapping of"),
+        (lambda h: _first_correction(h).update(scale=[1.0]), CORRECTION + r"scale must be a finite number, got \[1.0\]"),
+        (lambda h: _first_correction(h).update(offset_ms=float("nan")), CORRECTION + "offset_ms must be a finite number"),
+        (lambda h: _first_correction(h).update(samples=0), CORRECTION + "samples must be an integer >= 1, got 0"),
+        (lambda h: _first_correction(h).update(colour=1), CORRECTION + r"unknown field\(s\) \['colour'\]"),
+        (lambda h: _first_correction(h).pop("scale"), CORRECTION + r"missing field\(s\) \['scale'\]"),
+        (lambda h: h["references"][0]["figures"].update(min=-1.0),
+         r"references\[0\]: figures\['min'\] must be a finite positive number of ms, got -1.0"),
+        (lambda h: h["references"][0]["unit"].update(kernel="3"), r"references\[0\]: unit field kernel must be"),
+        (lambda h: h["references"].append([1]), r"references\[3\]: expected"),
+    ],
+)
+def test_a_header_value_out_of_place_is_refused_by_field(tmp_path, table_file, edit, message):
+    path = tmp_path / "lut.csv"
+    path.write_text(resigned(table_file, edit))
+    with pytest.raises(LatencyTableError, match=rf"{path}: header field {message}"):
+        LatencyTable.open(path, CountingMeasurer(), SHAPE)
+
+
+def test_a_header_with_a_repeated_field_is_refused(tmp_path, table_file):
+    path = tmp_path / "lut.csv"
+    path.write_text(table_file.replace('"format": "netadapt-lut"', '"format": "netadapt-lut", "format": "netadapt-lut"',
+                                       1))
+    with pytest.raises(LatencyTableError, match=rf"{path}: not a valid latency table \(header: key 'format' is repeated"):
+        LatencyTable.open(path, CountingMeasurer(), SHAPE)
+
+
+def test_an_intact_table_reads_back_with_typed_values(tmp_path, table_file):
+    path = tmp_path / "lut.csv"
+    path.write_text(table_file)
+    table = LatencyTable.open(path, CountingMeasurer(), SHAPE)
+    row = next(iter(table.entries.values()))
+    assert isinstance(row["min_ms"], float) and isinstance(row["runs"], int) and isinstance(row["se"], bool)
+    assert len(table.corrections) == 4 and len(table.references) == 3
 
 
 def test_cached_table_names_differ_by_target_and_format():
@@ -706,3 +819,31 @@ def test_trajectory_samples_span_the_path_and_repeat_with_the_seed():
     assert specs == trajectory_specs(base, 16, random.Random(0))
     table_free_sizes = [sum(g.width for g in prunable_groups(s, 8, 8)) for s in specs[:8]]
     assert table_free_sizes == sorted(table_free_sizes, reverse=True)  # one path, from the top down
+
+
+def test_lut_accuracy_out_files_are_written_atomically(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    import pandas as pd
+
+    script = Path(__file__).parent.parent / "benchmarks" / "lut_accuracy.py"
+    spec = importlib.util.spec_from_file_location("lut_accuracy", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "validation.csv"
+    nets = tmp_path / "correction-nets-validation.csv"
+    out.write_text("earlier results\n")
+    nets.write_text("earlier networks\n")
+
+    class DiesWhenWritten:  # a run killed while the rows are written
+        def __str__(self) -> str:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        module.write_out(out, pd.DataFrame({"error_pct": [1.0, 2.0], "spec": ["a", DiesWhenWritten()]}),
+                         pd.DataFrame({"raw_sum_ms": [1.0]}))
+    assert out.read_text() == "earlier results\n" and nets.read_text() == "earlier networks\n"
+    module.write_out(out, pd.DataFrame({"error_pct": [1.0]}), pd.DataFrame({"raw_sum_ms": [2.0]}))
+    assert list(pd.read_csv(out)["error_pct"]) == [1.0] and list(pd.read_csv(nets)["raw_sum_ms"]) == [2.0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [nets.name, out.name], "no temporary file is left"

@@ -73,3 +73,40 @@ def test_one_row_per_point_in_the_baseline_order():
 def test_an_empty_family_matches_nothing():
     row = compare_one(("x0.5", 0.20, 0.85), family=frame())
     assert math.isnan(row["speedup"]) and math.isnan(row["acc_gain"]) and not row["dominated"]
+
+
+def test_the_plot_is_written_through_a_unique_temporary_name(tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib is part of the dev extra")
+    import os
+
+    from netadapt.report import plot_pareto
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    plot = tmp_path / "run" / "pareto.png"
+    plot.parent.mkdir()
+    # Once the plot went through the fixed name .pareto.png.tmp.png: whoever put a link there chose the target.
+    os.symlink(victim, plot.parent / ".pareto.png.tmp.png")
+    table = pd.DataFrame({"measured_ms": [1.0, 2.0], "test_acc": [0.8, 0.9], "pareto": [True, True]})
+    assert plot_pareto(table, None, plot)
+    assert victim.read_text() == "keep"
+    assert not plot.is_symlink() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in plot.parent.iterdir()) == [".pareto.png.tmp.png", "pareto.png"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name,measured_ms,test_acc\nx0.5,fast,0.5\n", "row 1, column measured_ms: expected a finite positive number, got 'fast'"),
+        ("name,measured_ms,test_acc\nx0.5,0.1,0.5\nx1.0,0.2,87\n", r"row 2, column test_acc: expected a number in \[0, 1\]"),
+        (b"\xff\xfe\x00binary", "unreadable baseline"),
+    ],
+)
+def test_a_malformed_baseline_is_refused_by_row_and_column(tmp_path, text, message):
+    from netadapt.errors import RunDirError
+    from netadapt.report import read_baseline
+
+    path = tmp_path / "baseline.csv"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(RunDirError, match=f"{path}: {message}"):
+        read_baseline(tmp_path)

@@ -130,3 +130,64 @@ def test_block_spec_is_frozen(tiny_spec):
     with pytest.raises(dataclasses.FrozenInstanceError):
         tiny_spec.blocks[0].kernel = 5  # type: ignore[misc]
     assert isinstance(tiny_spec.blocks[0], BlockSpec)
+
+
+@pytest.mark.parametrize(
+    "index, changes, message",
+    [
+        (1, {"expanded": 10**9}, "block 1: expanded must be <= 16384 channels, got 1000000000"),
+        (1, {"kernel": 1000001}, "block 1: kernel must be <= 15 pixels, got 1000001"),
+        (2, {"se_squeeze": 10**6}, "block 2: se_squeeze must be <= 16384 channels"),
+        (1, {"stride": 1.0}, "block 1: stride must be 1 or 2, got 1.0"),
+        (1, {"activation": "x" * 10_000}, r"block 1: activation must be one of .*, got 'xxxx.*\.\.\.$"),
+    ],
+)
+def test_absurd_block_values_are_refused_by_bound(tiny_spec, index, changes, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(tiny_spec, blocks=_with_block(tiny_spec, index, **changes))
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"stem": 10**9}, "stem must be <= 16384 channels"),
+        ({"head_hidden": 16385}, "head_hidden must be <= 16384 channels"),
+        ({"num_classes": 10**7}, "num_classes must be <= 100000 classes"),
+        ({"dropout": False}, "dropout must be a number in"),  # a bool is no number, though Python calls it an int
+        ({"name": ["a list"]}, "name must be text"),
+    ],
+)
+def test_absurd_net_values_are_refused_by_bound(tiny_spec, changes, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(tiny_spec, **changes)
+
+
+def test_realistic_specs_stay_within_the_bounds():
+    # Width 8 of Large, ImageNet-21k's classes: wide, but not absurd.
+    spec = large(width=8.0, num_classes=21_841)
+    assert max(b.expanded for b in spec.blocks) <= 16384
+    with pytest.raises(ValueError, match="must be <= 16384 channels"):
+        large(width=20.0)
+
+
+ALIAS_BOMB = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9)
+)
+
+
+def test_spec_files_are_read_within_bounds(tmp_path, tiny_spec):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(ALIAS_BOMB + tiny_spec.to_yaml().replace("name: tiny", "name: *a8"))
+    with pytest.raises(ValueError, match=f"{bomb}: its aliases expand to more than") as error:
+        NetSpec.load(bomb)
+    assert len(str(error.value)) < 300
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xd8\xff\xe0 a jpeg")
+    with pytest.raises(ValueError, match=f"{binary}: not UTF-8 text"):
+        NetSpec.load(binary)
+    with pytest.raises(ValueError, match="field 'spec': expected YAML text, got int"):
+        NetSpec.from_yaml(7, where="field 'spec'")  # type: ignore[arg-type]
+    odd = tmp_path / "odd.yaml"
+    odd.write_text(tiny_spec.to_yaml() + "1: x\n")  # a key of another type than the fields' names
+    with pytest.raises(ValueError, match=rf"{odd}: unknown spec field\(s\) \[1\]"):
+        NetSpec.load(odd)

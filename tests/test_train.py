@@ -169,6 +169,24 @@ def test_foreign_and_missing_checkpoints_are_refused(tiny_spec, tmp_path):
         load_checkpoint(tmp_path / "absent.pt")
 
 
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (7, "field 'spec' must be YAML text, got int"),
+        ("blocks: [unclosed\n", "field 'spec': not valid YAML"),
+        ("blocks: 5\n", r"field 'spec': spec is missing field\(s\)"),
+        ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+            f"a{i}: &a{i} [{', '.join([f'*a{i - 1}' if i > 1 else '*a'] * 10)}]\n" for i in range(1, 8)),
+         "field 'spec': its aliases expand to more than"),
+    ],
+)
+def test_a_checkpoint_whose_spec_is_not_a_spec_is_refused(tiny_spec, tmp_path, spec, message):
+    payload = {"format": CHECKPOINT_FORMAT, "spec": spec, "state_dict": build(tiny_spec).state_dict()}
+    torch.save(payload, tmp_path / "base.pt")
+    with pytest.raises(CheckpointError, match=rf"base\.pt: {message}"):
+        load_checkpoint(tmp_path / "base.pt")
+
+
 def test_short_training_on_embedded_data_beats_chance_widely(tiny_spec, embedded):
     # Tiny network, 3000 images, 250 steps of 32: a few seconds on 2 cores.
     torch.manual_seed(0)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 
+from netadapt.config import PRIORITIES
+from netadapt.device_limits import ServerLimits, parse_priorities  # light: no onnx, no torch
 from netadapt.errors import ConfigError
 
 
@@ -21,11 +25,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0 picks a free one)")
     serve.add_argument("--token-file", metavar="FILE", help="file holding the token (default: $NETADAPT_DEVICE_TOKEN)")
+    defaults = ServerLimits()
     serve.add_argument(
-        "--max-upload-mb", type=float, default=256.0, metavar="MB", help="larger uploads get 413 (MiB, default 256)"
+        "--max-upload-mb", type=float, default=defaults.max_upload_mb, metavar="MB",
+        help="larger uploads get 413 (MiB, default %(default)g)",
     )
     serve.add_argument(
-        "--upload-timeout", type=float, default=30.0, metavar="S", help="drop a client silent this long mid-upload (default 30)"
+        "--max-buffered-mb", type=float, default=None, metavar="MB",
+        help="uploads held in memory at once, all clients together; over it 503 (MiB, default twice --max-upload-mb)",
+    )
+    serve.add_argument(
+        "--upload-timeout", type=float, default=defaults.upload_timeout_s, metavar="S",
+        help="a request's headers and body must arrive within this many seconds of connecting (default %(default)g)",
+    )
+    serve.add_argument(
+        "--measure-timeout", type=float, default=defaults.measure_timeout_s, metavar="S",
+        help="stop a validation and measurement that takes longer; the client gets 504 (default %(default)g)",
+    )
+    serve.add_argument(
+        "--max-connections", type=int, default=defaults.max_connections, metavar="N",
+        help="open connections at once; unauthenticated ones are dropped first (default %(default)d)",
+    )
+    serve.add_argument(
+        "--allow-priority", default=",".join(defaults.allow_priority), metavar="LEVELS",
+        help=f"measure.priority levels clients may ask for, comma-separated, from {','.join(PRIORITIES)} "
+        "(default %(default)s; realtime lets one model starve the device)",
     )
     serve.set_defaults(handler=serve_command)
 
@@ -38,15 +62,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def serve_command(args: argparse.Namespace) -> int:
     from netadapt.device_server import TOKEN_ENV, load_token, serve  # onnx/onnxruntime only when needed
 
-    if not 0 <= args.port <= 65535:
-        raise ConfigError(f"--port must be 0-65535, got {args.port}")
-    if args.max_upload_mb <= 0:
-        raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    # Every limit is checked (finite, positive, sane) before anything is bound or started.
+    limits = ServerLimits(
+        max_upload_mb=args.max_upload_mb,
+        max_buffered_mb=args.max_buffered_mb,
+        upload_timeout_s=args.upload_timeout,
+        measure_timeout_s=args.measure_timeout,
+        max_connections=args.max_connections,
+        allow_priority=parse_priorities(args.allow_priority),
+    )
     token = load_token(args.token_file)
     if not token:
         raise ConfigError(f"refusing to start without a token: set {TOKEN_ENV} or pass --token-file FILE")
-    serve(args.host, args.port, token, int(args.max_upload_mb * 2**20), args.upload_timeout)
-    return 0
+    serve(args.host, args.port, token, limits)
+    # The listener is closed and the measuring child killed. Leave at once: a
+    # handler thread stuck on a slow client, or an exit hook joining a child,
+    # must not keep a stopped server alive (it once outlived Ctrl-C).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def ping_command(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mobilenetv3 import NetSpec, build, count
-from netadapt.cli.common import add_preset_arguments, parse_input_shape, spec_from_preset_arguments
+from netadapt.cli.common import MAX_SIDE, add_preset_arguments, parse_input_shape, spec_from_preset_arguments
 from netadapt.errors import ConfigError
 from netadapt.onnx_export import export_onnx
 
@@ -64,8 +64,8 @@ def format_table(spec: NetSpec, input_size: int) -> str:
 
 
 def show_command(args: argparse.Namespace) -> int:
-    if args.input < 1:
-        raise ConfigError(f"--input must be a positive size in pixels, got {args.input}")
+    if not 1 <= args.input <= MAX_SIDE:
+        raise ConfigError(f"--input must be a size in pixels in [1, {MAX_SIDE}], got {args.input}")
     print(format_table(_spec(args, args.in_channels), args.input))
     return 0
 

@@ -38,7 +38,7 @@ from netadapt.benchmark import (
     best_of,
     measure_all,
 )
-from netadapt.errors import LatencyTableError
+from netadapt.errors import LatencyTableError, quote
 from netadapt.latency.correction import Correction, fit_correction_terms
 from netadapt.latency.store import STAT_COLUMNS, TableFile, read_table, write_table
 from netadapt.latency.units import Unit, network_key, unit_onnx, units_boundary_millions, units_of, weights_millions
@@ -134,7 +134,7 @@ class LatencyTable:
             try:
                 self.corrections[key] = Correction(**value)
             except TypeError as error:
-                raise LatencyTableError(f"{self.path}: correction {key!r} is malformed ({error}); rebuild the table") from None
+                raise LatencyTableError(f"{self.path}: correction {quote(key)} is malformed ({quote(str(error))}); rebuild the table") from None
         self.references = [dict(r) for r in stored.references]  # [{"unit": fields, "figures": {stat: ms}}]
         if statistic not in STATISTICS:
             raise LatencyTableError(f"statistic must be one of {STATISTICS}, got {statistic!r}")

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from mobilenetv3 import MobileNetV3, NetSpec, build
 from netadapt.base import cache_dir, obtain_base_model
 from netadapt.benchmark import Measurer
-from netadapt.config import Config, load_config
+from netadapt.config import Config, check_ranges, load_config
 from netadapt.data import Dataset, load_dataset
 from netadapt.errors import ConfigError, NetadaptError, SearchError
 from netadapt.executor import (
@@ -80,38 +80,7 @@ def validate_search_config(config: Config) -> None:
     search = config.search
     if (search.budget_ms is None) == (search.budget_ratio is None):
         raise ConfigError("give exactly one of search.budget_ms (--budget-ms) and search.budget_ratio (--budget-ratio)")
-    for key, value, low in (
-        ("search.finetune_steps", search.finetune_steps, 0),
-        ("search.long_finetune_steps", search.long_finetune_steps, 0),
-        ("search.max_iterations", search.max_iterations, 1),
-        ("search.min_proposals", search.min_proposals, 1),
-        ("search.max_reduction_halvings", search.max_reduction_halvings, 0),
-        ("search.finetune_top", search.finetune_top, 0),
-        ("lut.granularity", config.lut.granularity, 1),
-        ("lut.min_channels", config.lut.min_channels, 1),
-        ("lut.prefetch_widths", config.lut.prefetch_widths, 0),
-        ("lut.entry_passes", config.lut.entry_passes, 1),
-        ("lut.network_passes", config.lut.network_passes, 1),
-        ("lut.reference_units", config.lut.reference_units, 0),
-        ("lut.drift_sample", config.lut.drift_sample, 1),
-        ("measure.repeats", config.measure.repeats, 1),
-    ):
-        if value < low:
-            raise ConfigError(f"{key} must be >= {low}, got {value}")
-    if not 0 <= config.train.distill_alpha <= 1:
-        raise ConfigError(f"train.distill_alpha must be in [0, 1], got {config.train.distill_alpha}")
-    if not config.train.distill_temperature > 0:
-        raise ConfigError(f"train.distill_temperature must be > 0, got {config.train.distill_temperature}")
-    if not 0 < search.initial_reduction < 1:
-        raise ConfigError(f"search.initial_reduction must be in (0, 1), got {search.initial_reduction}")
-    if not 0 < search.max_cut_fraction <= 1:
-        raise ConfigError(f"search.max_cut_fraction must be in (0, 1], got {search.max_cut_fraction}")
-    if not 0 <= search.budget_margin < 0.5:
-        raise ConfigError(f"search.budget_margin must be in [0, 0.5), got {search.budget_margin}")
-    if not config.lut.drift_tolerance_pct > 0:
-        raise ConfigError(f"lut.drift_tolerance_pct must be > 0, got {config.lut.drift_tolerance_pct}")
-    if not 0 < search.decay <= 1:
-        raise ConfigError(f"search.decay must be in (0, 1], got {search.decay}")
+    check_ranges(config)  # each section's RANGES, for a config built or changed in Python too
     if config.model.checkpoint is not None and not Path(config.model.checkpoint).is_file():
         raise ConfigError(f"model.checkpoint: file {config.model.checkpoint} not found")
     if config.model.spec is not None and not Path(config.model.spec).is_file():
@@ -302,8 +271,7 @@ def _run(config: Config, run: RunDir, resume, executor, measurer: Measurer, data
     else:
         for table_ms, measured_ms in state.calibration:
             calibration.observe(table_ms, measured_ms)
-        base_spec_path = run.spec_path(0)
-        base_onnx = onnx_bytes(build(NetSpec.load(base_spec_path)), shape)  # latency does not depend on the weights
+        base_onnx = onnx_bytes(build(run.read_spec(0)), shape)  # latency does not depend on the weights
         search = _Search(config, run, measurer, table, progress, echo, base_onnx, calibration)
         model = load_checkpoint(run.checkpoint_path(state.iteration))
         search.say(f"resuming {run.path} after iteration {state.iteration}")
