@@ -41,7 +41,7 @@ where it stopped and never retrains a finished arm:
    are WORK/arms/*.onnx, for anyone to re-evaluate.
 9. `--ablation`: each lever of ABLATION turned the other way, one at a time,
    from the same base: a search to the `--ablation-width` budget in
-   WORK/ablation/LEVER, its first network under that budget (measured side by
+   WORK/ablation/LEVER, its first network under that budget or tied with it (measured side by
    side with the headline's network there), fine-tuned as the netadapt arm,
    and the paired difference against the headline's network:
    OUT/ablation.csv and OUT/ablation.md.
@@ -718,8 +718,11 @@ def ablation(args: argparse.Namespace, dataset: Dataset, measurer, shape, budget
              "test_acc": 100 * float(np.mean([results[f"{ours}-s{seed}"].test_acc for seed in args.seeds])),
              "diff_pts": 0.0, "ci_low_pts": 0.0, "ci_high_pts": 0.0}]
     for lever, (variant, run, search_s) in variants.items():
-        chosen = next((i for i in sorted(networks[lever])
-                       if latency[f"{lever}-iter{i:02d}"].ms <= latency[multiplier_name(width)].ms), None)
+        # A tie counts as under the budget here: these searches stop at 0.97 x the budget by
+        # their own figures, and side by side their last networks land within the 3% the
+        # measurement cannot resolve at ~0.17 ms, on either side (the reference too, on a rerun).
+        limit = (1 + TIE_SHARE) * latency[multiplier_name(width)].ms
+        chosen = next((i for i in sorted(networks[lever]) if latency[f"{lever}-iter{i:02d}"].ms <= limit), None)
         if chosen is None:
             rows.append({"lever": lever, "setting": ABLATION[lever][1], "iterations": math.nan, "search_s": search_s,
                          **{column: math.nan for column in ABLATION_COLUMNS[4:]}})
@@ -743,7 +746,8 @@ def ablation(args: argparse.Namespace, dataset: Dataset, measurer, shape, budget
         "# Ablation: each search lever turned the other way, one at a time",
         "",
         f"Every search starts from the headline's base and runs to {args.search_margin:g} x the Small "
-        f"{width:.2f} budget ({budgets[width]:.4f} ms); its first network at or under Small {width:.2f} in one "
+        f"{width:.2f} budget ({budgets[width]:.4f} ms); its first network at or under Small {width:.2f} "
+        f"(or within {100 * TIE_SHARE:g}% of it: a tie) in one "
         f"side-by-side measurement is fine-tuned {args.final_steps} steps per seed {args.seeds}, as the "
         "headline's netadapt arm. The difference is against the headline's own network at that budget, "
         "paired over the test images (95% bootstrap interval).",
