@@ -41,6 +41,9 @@ class ServerLimits:
             take this long; then the measurement is killed and the client gets 504.
         max_connections: ``--max-connections``: open connections at once; at the cap the
             oldest unauthenticated one is dropped, or a new one refused if none is.
+        max_input_mb: ``--max-input-mb``: the model's declared input tensor (batch
+            included) may take this much memory in float32; a larger one gets 400
+            before any session is built.
         allow_priority: ``--allow-priority``: the `measure.priority` levels a client may ask for.
         max_threads: cap on the `threads` and `inter_op_threads` settings.
         max_runs: cap on the `min_runs` and `max_runs` settings.
@@ -59,6 +62,9 @@ class ServerLimits:
     # A whole MobileNetV3-Large session with the default runs takes seconds even on a small board.
     measure_timeout_s: float = 120.0
     max_connections: int = 64
+    # The input is allocated before the first run: a declared 1x3x65536x65536 would take 48 GiB.
+    # 1 GiB leaves room for the largest batch (1,024) of 224-px images (588 MiB).
+    max_input_mb: float = 1024.0
     # "realtime" (SCHED_FIFO as root) lets a runaway model starve everything else on the device.
     allow_priority: tuple[str, ...] = ("normal", "high")
     # Caps on client settings: far above any sensible measurement, there to refuse absurd ones up front.
@@ -80,6 +86,7 @@ class ServerLimits:
         _require_number("--upload-timeout", self.upload_timeout_s, MAX_TIMEOUT_S, "s")
         _require_number("--measure-timeout", self.measure_timeout_s, MAX_TIMEOUT_S, "s")
         _require_integer("--max-connections", self.max_connections, _MAX_CONNECTIONS)
+        _require_number("--max-input-mb", self.max_input_mb, _MAX_BUFFERED_MB, "MB")
         for name in ("max_threads", "max_runs", "max_warmup_runs", "max_windows", "max_batch"):
             _require_integer(f"ServerLimits.{name}", getattr(self, name), 2**31 - 1)
         if not self.allow_priority:
@@ -91,6 +98,10 @@ class ServerLimits:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 2**20)
+
+    @property
+    def max_input_bytes(self) -> int:
+        return int(self.max_input_mb * 2**20)
 
     @property
     def max_buffered_bytes(self) -> int:

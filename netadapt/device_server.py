@@ -515,7 +515,7 @@ class DeviceServer(ThreadingHTTPServer):
         self._warn_accept = _Throttled()
         self._warn_dropped = _Throttled()
         # The queue: one thread, FIFO, handing models to one child. Measurements never overlap.
-        self._measurer = MeasuringProcess(self.limits.measure_timeout_s)
+        self._measurer = MeasuringProcess(self.limits.measure_timeout_s, self.limits.max_input_bytes)
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._jobs_lock = threading.Lock()  # `submit` against `server_close`
         self._closed = False

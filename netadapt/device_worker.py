@@ -30,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -154,12 +155,13 @@ def external_data_refs(model: onnx.ModelProto) -> Iterator[str]:
             yield where
 
 
-def validate_model(body: bytes, batch: int | None) -> tuple[int, int, int, int]:
+def validate_model(body: bytes, batch: int | None, max_input_bytes: int) -> tuple[int, int, int, int]:
     """Check that `body` is a measurable, self-contained ONNX model; return its input shape.
 
     Args:
         body: the uploaded bytes.
         batch: fills a dynamic first dimension; None refuses one.
+        max_input_bytes: the largest input tensor, in float32 bytes, the server will allocate.
 
     Raises:
         BadRequest: 400 with the reason.
@@ -203,6 +205,13 @@ def validate_model(body: bytes, batch: int | None) -> tuple[int, int, int, int]:
                 HTTPStatus.BAD_REQUEST,
                 f"input {model_input.name!r} dimension {index} is not fixed; export with a fixed input shape",
             )
+    input_bytes = 4 * math.prod(shape)
+    if input_bytes > max_input_bytes:
+        raise BadRequest(
+            HTTPStatus.BAD_REQUEST,
+            f"input {model_input.name!r} of shape {'x'.join(map(str, shape))} takes {input_bytes / 2**20:.0f} MiB, "
+            f"over this server's --max-input-mb {max_input_bytes / 2**20:g}",
+        )
     return tuple(shape)  # type: ignore[return-value]
 
 
@@ -241,10 +250,10 @@ def _enter_deleted_directory() -> None:
         pass
 
 
-def _measure_one(body: bytes, settings: dict[str, Any]) -> dict[str, Any]:
+def _measure_one(body: bytes, settings: dict[str, Any], max_input_bytes: int) -> dict[str, Any]:
     started = time.monotonic()
     try:
-        shape = validate_model(body, settings.get("batch"))
+        shape = validate_model(body, settings.get("batch"), max_input_bytes)
         target = measuring_target(settings, shape)
         validated = time.monotonic()
         try:
@@ -271,7 +280,7 @@ def _child_main(connection: Connection, server_pid: int) -> None:
             body = connection.recv_bytes()
         except (EOFError, OSError):
             return  # the server closed its end
-        connection.send_bytes(json.dumps(_measure_one(body, request["settings"])).encode("utf-8"))
+        connection.send_bytes(json.dumps(_measure_one(body, request["settings"], request["max_input_bytes"])).encode("utf-8"))
 
 
 # ---------------------------------------------------------------------- server
@@ -299,12 +308,14 @@ class MeasuringProcess:
 
     Args:
         timeout_s: longest wait for one model's validation and measurement (``--measure-timeout``).
+        max_input_bytes: largest declared input the child allocates (``--max-input-mb``).
 
     `start` and `run` are called from one thread (the server's queue); `stop` from any.
     """
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, max_input_bytes: int) -> None:
         self.timeout_s = timeout_s
+        self.max_input_bytes = max_input_bytes
         self._context = _context()
         self._process: Any = None
         self._connection: Connection | None = None
@@ -362,7 +373,7 @@ class MeasuringProcess:
         connection, process = self._connection, self._process
         assert connection is not None and process is not None
         try:
-            connection.send_bytes(json.dumps({"settings": settings}).encode("utf-8"))
+            connection.send_bytes(json.dumps({"settings": settings, "max_input_bytes": self.max_input_bytes}).encode("utf-8"))
             connection.send_bytes(body)
             answered = connection.poll(self.timeout_s)
             reply = json.loads(connection.recv_bytes()) if answered else None

@@ -63,6 +63,7 @@ def start_server(log: Path, *args: str, token_env: bool = True, port: int = 0, c
         env["NETADAPT_DEVICE_TOKEN"] = TOKEN
     # The checkout under test, wherever the server's cwd is.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["PYTHONFAULTHANDLER"] = "1"  # a server killed with SIGABRT writes every thread's stack to its log
     command = [sys.executable, "-m", "netadapt.cli.main", "device", "serve", "--port", str(port), *args]
 
     def limit_open_files() -> None:
@@ -80,6 +81,23 @@ def start_server(log: Path, *args: str, token_env: bool = True, port: int = 0, c
         process.kill()
         raise RuntimeError(f"device server did not start: {line!r}; log: {log.read_text()}")
     return Server(process, int(line.split()[2].rsplit(":", 1)[1]), log)
+
+
+def post_mortem(server: Server) -> str:
+    """Signal masks and kernel wait channel of each thread of a hung server, then its log after
+    SIGABRT, under which faulthandler writes every thread's Python stack (for a rare hang)."""
+    pid, lines = server.process.pid, []
+    for task in sorted(os.listdir(f"/proc/{pid}/task")):
+        status = Path(f"/proc/{pid}/task/{task}/status").read_text().splitlines()
+        wanted = [line.replace("\t", " ") for line in status if line.startswith(("Name", "State", "Sig", "Shd"))]
+        wchan = Path(f"/proc/{pid}/task/{task}/wchan").read_text()
+        lines.append(f"thread {task}: wchan {wchan}; " + "; ".join(wanted))
+    server.process.send_signal(signal.SIGABRT)
+    try:
+        server.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+    return "\n".join(lines) + "\n--- log ---\n" + server.log_text()
 
 
 def stop(server: Server) -> None:
@@ -246,6 +264,13 @@ def _model_with_dynamic_size(model: bytes) -> bytes:
     return proto.SerializeToString()
 
 
+def _model_with_a_huge_input(model: bytes) -> bytes:
+    proto = onnx.load_from_string(model)
+    for dim in proto.graph.input[0].type.tensor_type.shape.dim[2:]:
+        dim.dim_value = 65536  # 1x1x65536x65536 floats: 16 GiB, allocated before the first run
+    return proto.SerializeToString()
+
+
 @pytest.mark.parametrize(
     "make_body, reason",
     [
@@ -254,6 +279,7 @@ def _model_with_dynamic_size(model: bytes) -> bytes:
         (lambda model: _model_without_nodes(), "no nodes"),
         (_model_with_dynamic_size, "dimension 2 is not fixed"),
         (_model_with_external_data, "uses external data"),  # would make the device open a local file
+        (_model_with_a_huge_input, "takes 16384 MiB, over this server's --max-input-mb 1024"),
     ],
 )
 def test_a_body_that_is_not_a_measurable_onnx_model_is_400_with_the_reason(server, model, make_body, reason):
@@ -764,7 +790,11 @@ def test_ctrl_c_ends_the_server_during_a_measurement(tmp_path):
             busy.sendall(post_head(len(forever)) + forever)
             time.sleep(1.0)  # the model reaches the measuring process and runs
             running.process.send_signal(signal.SIGINT)
-            assert running.process.wait(timeout=30) in (0, 130)  # ended, rather than hung on the measurement
+            try:
+                code = running.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"the server outlived Ctrl-C by 30 s; its state:\n{post_mortem(running)}")
+            assert code in (0, 130)  # ended, rather than hung on the measurement
     finally:
         if running.process.poll() is None:
             running.process.kill()
@@ -794,6 +824,7 @@ def test_ctrl_c_ends_the_server_during_a_measurement(tmp_path):
         (["--measure-timeout", "-1"], "--measure-timeout"),
         (["--measure-timeout", "nan"], "--measure-timeout"),
         (["--max-connections", "0"], "--max-connections"),
+        (["--max-input-mb", "0"], "--max-input-mb"),
         (["--port", "70000"], "--port"),
         (["--allow-priority", "normal,turbo"], "--allow-priority"),
         (["--allow-priority", ""], "--allow-priority"),

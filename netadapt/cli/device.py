@@ -47,6 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="open connections at once; unauthenticated ones are dropped first (default %(default)d)",
     )
     serve.add_argument(
+        "--max-input-mb", type=float, default=defaults.max_input_mb, metavar="MB",
+        help="a model whose declared input (batch included) takes more memory in float32 gets 400 "
+        "(MiB, default %(default)g)",
+    )
+    serve.add_argument(
         "--allow-priority", default=",".join(defaults.allow_priority), metavar="LEVELS",
         help=f"measure.priority levels clients may ask for, comma-separated, from {','.join(PRIORITIES)} "
         "(default %(default)s; realtime lets one model starve the device)",
@@ -69,6 +74,7 @@ def serve_command(args: argparse.Namespace) -> int:
         upload_timeout_s=args.upload_timeout,
         measure_timeout_s=args.measure_timeout,
         max_connections=args.max_connections,
+        max_input_mb=args.max_input_mb,
         allow_priority=parse_priorities(args.allow_priority),
     )
     token = load_token(args.token_file)
