@@ -2,13 +2,44 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from mobilenetv3 import BlockSpec, NetSpec, build
+
+
+# Modules whose tests share one expensive fixture (a finished search, a Ray
+# cluster): each runs whole on one xdist worker, so the fixture is built once.
+# Other tests are spread one by one. A scheduler, not `xdist_group` marks:
+# `--dist loadgroup` silently stops grouping on pytest 9.2 (pytest-xdist#1386).
+ONE_WORKER_MODULES = ("tests/test_family.py", "tests/test_ray_executor.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "load":
+        return None  # an explicit --dist choice is the user's
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WholeModulesWhereShared(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_WORKER_MODULES else nodeid
+
+    return WholeModulesWhereShared(config, log)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    # Each worker gets its own cache (tables, bases), inherited by the CLI
+    # subprocesses tests start: tests never read a developer's ~/.cache, and
+    # two workers never fill one table at once.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NETADAPT_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -147,7 +178,11 @@ lut: {{table: {root / 'lut.csv'}, drift_check: 'off'}}
 """
     )
     config = load_config(config_path)
-    dataset = load_dataset(config.data)
+    # 400 test images, not the embedded 2,000: a search scores the test split at
+    # every iteration, which was a quarter of each test search's time. Decisions
+    # use the holdout, so no test's network depends on this.
+    full = load_dataset(config.data)
+    dataset = replace(full, test=full.test.subset(400))
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     model = build(spec)

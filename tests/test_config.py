@@ -172,7 +172,7 @@ def test_long_values_are_quoted_short(tmp_path):
     path.write_text(f"train:\n  steps: {'9' * 50_000}x\n")
     with pytest.raises(ConfigError, match=r"train.steps must be an integer, got '9999.*\.\.\.$") as error:
         load_config(path)
-    assert len(str(error.value)) < 200
+    assert len(str(error.value).removeprefix(f"{path}: ")) < 150  # the temporary path's length varies
     path.write_text(f"train:\n  ? {'k' * 50_000}\n  : 1\n")  # an explicit key: a plain one stops at 1024
     with pytest.raises(ConfigError, match=r"unknown key 'train.kkkk.*\.\.\.; valid keys") as error:
         load_config(path)

@@ -18,7 +18,7 @@ from netadapt.search import run_search
 from netadapt.train import load_checkpoint
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module")  # one worker runs this module whole (tests/conftest.py)
 def finished_run(prepared, tmp_path_factory):
     out = tmp_path_factory.mktemp("family") / "run"
     budget = prepared.unreachable_budget()
