@@ -70,7 +70,7 @@ class DataConfig:
     resolution: int = 28
     channels: Literal[1, 3] = 1  # 1: grayscale, 3: RGB; the model's in_channels follows
     mean: list[float] = field(default_factory=lambda: [0.5])  # per channel, after scaling to [0, 1]
-    std: list[float] = field(default_factory=lambda: [0.5])
+    std: list[float] = field(default_factory=lambda: [0.5])  # per channel, divides after the mean is taken off
     # Images carved from the training set for NetAdapt's decisions. None: a
     # twelfth of the training set, at least 1,000 and at most 5,000 (1,000 on
     # the embedded subset, 5,000 on full Fashion-MNIST): a bigger holdout tells
@@ -101,10 +101,10 @@ def _require_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
 class TargetConfig:
     # "local" measures in this process; "remote://HOST:PORT" on a device server.
     device: str = "local"
-    provider: str = "CPUExecutionProvider"
+    provider: str = "CPUExecutionProvider"  # the onnxruntime execution provider that runs the measured model
     threads: int = 1  # intra-op threads; 1 is the usual mobile-like setting
-    inter_op_threads: int = 1
-    optimization_level: Literal[OPTIMIZATION_LEVELS] = "all"
+    inter_op_threads: int = 1  # threads running independent nodes at once; 0: onnxruntime's default
+    optimization_level: Literal[OPTIMIZATION_LEVELS] = "all"  # onnxruntime graph optimisations, as deployment would use them
     batch: int = 1  # batch size of the measured input
     # onnxruntime's default; spinning workers cut wake-up latency when threads > 1
     allow_spinning: bool = True
@@ -129,7 +129,7 @@ class TargetConfig:
 
 @dataclass
 class MeasureConfig:
-    warmup_runs: int = 10
+    warmup_runs: int = 10  # untimed runs first, so allocation and caches settle
     min_runs: int = 30  # time at least this many runs ...
     min_seconds: float = 0.2  # ... and for at least this long
     max_runs: int = 10_000  # upper bound for very fast models
@@ -178,7 +178,7 @@ class LutConfig:
     # (at different moments, each keeping the best) and each whole network in
     # `network_passes` passes; the search fits its correction with network_passes too.
     entry_passes: int = 2
-    network_passes: int = 4
+    network_passes: int = 4  # (see entry_passes)
     # Each search iteration first measures, together, the units of every group's
     # next `prefetch_widths` widths (most choices need only those); a width scan
     # that goes further measures its next `prefetch_widths` widths together again.
@@ -192,8 +192,8 @@ class LutConfig:
     # the table is re-measured whole ("remeasure"), refused ("refuse"), or, with
     # "off", not checked.
     drift_check: Literal["remeasure", "refuse", "off"] = "remeasure"
-    drift_sample: int = 8
-    drift_tolerance_pct: float = 5.0
+    drift_sample: int = 8  # (see drift_check)
+    drift_tolerance_pct: float = 5.0  # (see drift_check)
 
     RANGES: ClassVar[dict[str, str]] = {
         "granularity": "[1, inf)", "min_channels": "[1, inf)", "correction_samples": "[1, inf)",
@@ -206,11 +206,11 @@ class LutConfig:
 class TrainConfig:
     # 1000 x 128 images = ~18 epochs of the embedded subset; ~5 min for small-1.0 on 2 cores.
     steps: int = 1000  # optimiser steps for the base network
-    batch_size: int = 128
+    batch_size: int = 128  # images per step, for training and fine-tunes
     lr: float = 0.2  # peak learning rate (SGD with Nesterov momentum, cosine decay)
-    momentum: float = 0.9
-    weight_decay: float = 4e-5
-    label_smoothing: float = 0.1
+    momentum: float = 0.9  # SGD Nesterov momentum
+    weight_decay: float = 4e-5  # L2 on the weights, as MobileNetV3's paper trains with
+    label_smoothing: float = 0.1  # of the base network's cross-entropy
     warmup: float = 0.05  # fraction of `steps` with a linear LR warmup before the cosine decay
     crop_padding: int = 2  # random crop after zero padding by this many pixels; 0 disables
     flip: bool = True  # random horizontal flips (fine for Fashion-MNIST and CIFAR-10; off for digits)
@@ -219,11 +219,11 @@ class TrainConfig:
     # loss = (1 - alpha) * cross-entropy + alpha * T^2 * KL(base || network at T).
     # 0 turns it off (the default until measured on and off, issue 16).
     distill_alpha: float = 0.0
-    distill_temperature: float = 4.0
+    distill_temperature: float = 4.0  # T above
     # After each train/finetune, recompute BN statistics on this many training
     # images (BN momentum 0.01 lags ~100 steps behind a short fine-tune); 0 disables.
     bn_recalibration: int = 1024
-    eval_batch_size: int = 512
+    eval_batch_size: int = 512  # images per forward pass when scoring; memory only, not the result
     threads: int = 0  # torch intra-op threads for training; 0: torch's default
 
     RANGES: ClassVar[dict[str, str]] = {
@@ -242,14 +242,14 @@ class SearchConfig:
     # lookup table's scale. The official code uses 0.025; 0.05 halves the iterations
     # a demo needs, at some cost in how finely the search steps.
     initial_reduction: float = 0.05
-    decay: float = 0.96
+    decay: float = 0.96  # (see initial_reduction)
     finetune_steps: int = 10  # short-term fine-tune per candidate (the paper: 500 on ImageNet)
     long_finetune_steps: int = 0  # after the search; 0 skips it
     # When fewer than min_proposals groups can meet an iteration's target, its
     # reduction is halved (up to max_reduction_halvings times; 0 keeps the
     # paper's fixed schedule): see search.plan_iteration.
     min_proposals: int = 3
-    max_reduction_halvings: int = 4
+    max_reduction_halvings: int = 4  # (see min_proposals)
     # The largest share of a group's channels one iteration may remove (one
     # granularity step is always allowed): no gutting a group in one cut.
     max_cut_fraction: float = 0.5
@@ -260,6 +260,8 @@ class SearchConfig:
     # Common random numbers: every candidate of an iteration fine-tunes on the same
     # batches and augmentation. Off gives each its own (only to measure what it buys).
     common_batches: bool = True
+    # How an iteration picks its winner: the best score ("accuracy", NetAdapt's rule),
+    # or the best score lost per millisecond saved ("accuracy_per_latency").
     selection: Literal["accuracy", "accuracy_per_latency"] = "accuracy"
     # What ranks candidates on the holdout: top-1 "accuracy", or "loss" (mean
     # cross-entropy, smoother than top-1 on a small holdout). With
@@ -269,7 +271,7 @@ class SearchConfig:
     # The prescreen: score every proposal right after surgery and BatchNorm
     # recalibration, and fine-tune only the best `finetune_top`; 0 fine-tunes all.
     finetune_top: int = 0
-    max_iterations: int = 100
+    max_iterations: int = 100  # the search stops here even if the budget is not met
     # The last iteration's target is clamped to the budget less this share, so the
     # final network lands just under the budget rather than far below it.
     budget_margin: float = 0.02
@@ -284,10 +286,10 @@ class SearchConfig:
 
 @dataclass
 class ExecutorConfig:
-    kind: Literal["local", "ray"] = "local"
+    kind: Literal["local", "ray"] = "local"  # where candidates fine-tune: in this process, or as Ray tasks
     ray_address: str | None = None  # None starts a local Ray cluster
-    cpus_per_candidate: float = 1.0
-    gpus_per_candidate: float = 0.0
+    cpus_per_candidate: float = 1.0  # Ray resources each candidate's fine-tune asks for
+    gpus_per_candidate: float = 0.0  # Ray GPUs per candidate; fractions share a GPU
     max_retries: int = 2  # a dead worker's candidate is retried this often, then recorded as failed
 
     RANGES: ClassVar[dict[str, str]] = {"cpus_per_candidate": "[0, inf)", "gpus_per_candidate": "[0, inf)",
@@ -296,7 +298,7 @@ class ExecutorConfig:
 
 @dataclass
 class Config:
-    seed: int = 0
+    seed: int = 0  # seeds training, fine-tunes and every random draw of a run
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     target: TargetConfig = field(default_factory=TargetConfig)

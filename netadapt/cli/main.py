@@ -14,7 +14,7 @@ import sys
 from netadapt.errors import NetadaptError
 
 # One module per command; each adds its own sub-parser.
-COMMAND_MODULES = ["model", "bench", "lut", "search", "family", "device", "train"]
+COMMAND_MODULES = ["model", "bench", "lut", "search", "family", "device", "train", "config"]
 
 
 def build_parser() -> argparse.ArgumentParser:
