@@ -339,6 +339,20 @@ def test_base_that_meets_the_budget_is_the_only_member(prepared, tmp_path, capsy
     run = RunDir(tmp_path / "run")
     assert run.read_state().finished and run.read_state().iteration == 0
     assert list(run.read_history()["kind"]) == ["base"]
+    # The user learns what would bite here: the span of the search space and a budget inside it.
+    span = re.search(r"spans ([\d.]+) ms \(the base, measured\) down to about ([\d.]+) ms \(its smallest network, "
+                     r"predicted\); a budget between them bites, e.g. --budget-ms ([\d.e-]+) or --budget-ratio ([\d.]+)", out)
+    assert span, out
+    base, floor, suggested, ratio = (float(group) for group in span.groups())
+    assert base == pytest.approx(run.read_state().base_ms, abs=5e-4)
+    assert floor < suggested < base and ratio == pytest.approx(suggested / base, abs=0.01)
+
+
+def test_the_suggested_budget_is_70_percent_of_the_base_where_the_floor_allows():
+    from netadapt.search.budget import met_by_the_base
+
+    assert "--budget-ms 0.21 or --budget-ratio 0.70" in met_by_the_base(0.3, 15.0, floor_ms=0.1)
+    assert "--budget-ms 0.275 or --budget-ratio 0.92" in met_by_the_base(0.3, 15.0, floor_ms=0.25)  # halfway down
 
 
 def test_budget_below_the_search_space_is_refused_up_front(prepared, tmp_path):

@@ -18,9 +18,32 @@ __all__ = [
     "SURPRISE",
     "WholeFigures",
     "budget_test",
+    "met_by_the_base",
     "measure_whole",
     "resolve_budget",
 ]
+
+
+def met_by_the_base(base_ms: float, budget_ms: float, floor_ms: float) -> str:
+    """The stop reason of a search whose base already meets its budget, with a budget that would bite.
+
+    A user who typed a budget that means nothing on this target (``--budget-ms 15``
+    for a 0.3 ms network) learns the span the search can cover: the base,
+    measured, down to the smallest network, predicted. The suggestion is 70% of
+    the base (the demo's ratio) where the floor allows it, else halfway down.
+
+    Args:
+        base_ms: the base's measured latency.
+        budget_ms: the budget it meets.
+        floor_ms: the calibrated prediction of the smallest network of the search space.
+    """
+    suggested = 0.7 * base_ms if 0.7 * base_ms > floor_ms else (base_ms + floor_ms) / 2
+    return (
+        f"the base network already meets the budget ({base_ms:.3f} ms <= {budget_ms:.3f} ms). This target's "
+        f"search space spans {base_ms:.3f} ms (the base, measured) down to about {floor_ms:.3f} ms (its smallest "
+        f"network, predicted); a budget between them bites, e.g. --budget-ms {suggested:.3g} "
+        f"or --budget-ratio {suggested / base_ms:.2f}"
+    )
 
 
 def resolve_budget(config: Config, base_ms: float) -> float:

@@ -49,6 +49,7 @@ from netadapt.search.budget import (
     WholeFigures,
     budget_test,
     measure_whole,
+    met_by_the_base,
     resolve_budget,
 )
 from netadapt.search.schedule import IterationPlan, latency_reduction, plan_iteration, search_floor
@@ -253,7 +254,7 @@ def _run(config: Config, run: RunDir, resume, executor, measurer: Measurer, data
                    f"{base.spread_pct:.1f}%; table predicted {table_base:.4f}), holdout {base_acc:.2%}, "
                    f"budget {budget_ms:.4f} ms, table {table.path}")
         finished = base_ms <= budget_ms
-        stop_reason = f"the base network already meets the budget ({base_ms:.3f} ms <= {budget_ms:.3f} ms)" if finished else None
+        stop_reason = met_by_the_base(base_ms, budget_ms, lower_bound) if finished else None
         row = HistoryRow(0, "base", group="", status="done", predicted_ms=table_base,
                          table_predicted_ms=table_base, measured_ms=base_ms, base_measured_ms=base_ms,
                          ratio_to_base=1.0, steady_ms=base_ms, measured_spread_pct=base.spread_pct,
