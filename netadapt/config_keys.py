@@ -86,14 +86,11 @@ def _walk(section: type, prefix: str, comments: dict[tuple[str, str], str]) -> t
 
 
 def _allowed(hint: Any, interval: str | None) -> str:
-    choices = [arg for arg in typing.get_args(hint) if typing.get_origin(arg) is Literal]
-    if typing.get_origin(hint) is Literal:
-        choices = [hint]
-    if choices:
-        return ", ".join(f"`{_yaml_value(value)}`" for value in typing.get_args(choices[0]))
-    if interval is not None:
-        return interval
-    return ""
+    # A Literal, or a Literal inside an Optional: its choices.
+    literal = next((arg for arg in (hint, *typing.get_args(hint)) if typing.get_origin(arg) is Literal), None)
+    if literal is not None:
+        return ", ".join(f"`{_yaml_value(value)}`" for value in typing.get_args(literal))
+    return interval or ""
 
 
 def _yaml_value(value: Any) -> str:
