@@ -9,27 +9,30 @@ import pytest
 import torch
 
 from mobilenetv3 import BlockSpec, NetSpec, build
+from xdist_scheduling import make_scheduler, mark_worker_finished, wait_until_alone
 
 
 # Modules whose tests share one expensive fixture (a finished search, a Ray
 # cluster): each runs whole on one xdist worker, so the fixture is built once.
-# Other tests are spread one by one. A scheduler, not `xdist_group` marks:
-# `--dist loadgroup` silently stops grouping on pytest 9.2 (pytest-xdist#1386).
 ONE_WORKER_MODULES = ("tests/test_family.py", "tests/test_ray_executor.py")
+# Modules that compare wall-clock figures: they run last, alone on the machine.
+QUIET_MODULES = ("tests/test_wall_clock.py",)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    if config.getvalue("dist") != "load":
-        return None  # an explicit --dist choice is the user's
-    from xdist.scheduler import LoadScopeScheduling
+    return make_scheduler(config, log, ONE_WORKER_MODULES, QUIET_MODULES)
 
-    class WholeModulesWhereShared(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return module if module in ONE_WORKER_MODULES else nodeid
 
-    return WholeModulesWhereShared(config, log)
+def pytest_sessionfinish(session):
+    mark_worker_finished(session.config)
+
+
+@pytest.fixture(scope="module")
+def alone_on_the_machine(request):
+    """Waits until every other xdist worker has finished (at most 30 min): for wall-clock comparisons."""
+    waited = wait_until_alone(request.config, timeout_s=1800)
+    print(f"waited {waited:.1f} s for the other xdist workers to finish")  # shown with a failure
 
 
 @pytest.fixture(scope="session", autouse=True)
