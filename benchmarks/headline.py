@@ -76,7 +76,7 @@ import pandas as pd
 import torch
 
 from mobilenetv3 import MobileNetV3, NetSpec, build, preset
-from mobilenetv3.fileio import atomic_write_bytes, atomic_write_text
+from netadapt.io import atomic_write_bytes, atomic_write_text
 from netadapt.base import obtain_base_model
 from netadapt.benchmark import Measurement, cpu_model, measure_passes
 from netadapt.cli.common import add_config_arguments
@@ -231,7 +231,7 @@ def headline(args: argparse.Namespace) -> int:
     config = headline_config(args)
     dataset = load_dataset(config.data)
     print(f"data: {dataset.source}: {len(dataset.train)} train, {len(dataset.holdout)} holdout, {len(dataset.test)} test")
-    shape = (config.target.batch, dataset.in_channels, config.data.resolution, config.data.resolution)
+    shape = config.input_shape()
     measurer = make_measurer(config.target, config.measure, shape)
     multipliers = {width: small(config, dataset, width) for width in args.widths}
     curve = {width: small(config, dataset, width) for width in args.curve_widths}

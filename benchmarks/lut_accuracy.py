@@ -60,7 +60,7 @@ import pandas as pd
 import torch
 
 import mobilenetv3 as m
-from mobilenetv3.fileio import atomic_write_text
+from netadapt.io import atomic_write_text
 from netadapt.benchmark import LocalMeasurer, Target, best_of, cpu_model, measure_spec
 from netadapt.cli.common import parse_input_shape
 from netadapt.groups import lower_bound_spec

@@ -30,7 +30,7 @@ from mobilenetv3 import build, preset
 from netadapt.benchmark import LocalMeasurer, Measurement, Target, cpu_model
 from netadapt.cli.common import parse_input_shape
 from netadapt.onnx_export import onnx_bytes
-from netadapt.remote import RemoteMeasurer
+from netadapt.device.client import RemoteMeasurer
 
 
 def _start_server(token: str) -> tuple[subprocess.Popen, int]:

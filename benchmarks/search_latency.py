@@ -42,7 +42,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mobilenetv3.fileio import atomic_write_text
+from netadapt.io import atomic_write_text
 from netadapt.latency.validate import summarize_run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,10 +2,14 @@
 
 Module names follow torchvision's (`features.N.block.M...`, `classifier.0/3`)
 so a torchvision state dict loads with `strict=True` into the matching preset.
+Code that addresses layers uses the named parts instead of those indices:
+`model.stem`, `model.blocks[i].expand / .depthwise / .se / .project`,
+`model.last_conv`, and `model.head` with its `head_hidden` and `head_output`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
@@ -82,6 +86,23 @@ class SqueezeExcitation(nn.Module):
         return scale * x
 
 
+@dataclass(frozen=True)
+class _BlockPositions:
+    """Where each part of an InvertedResidual sits in its `.block` Sequential."""
+
+    expand: int | None
+    depthwise: int
+    se: int | None
+    project: int
+
+    @classmethod
+    def of(cls, spec: BlockSpec) -> _BlockPositions:
+        expand = 0 if spec.has_expansion else None
+        depthwise = 0 if expand is None else 1
+        se = depthwise + 1 if spec.se else None
+        return cls(expand, depthwise, se, depthwise + 1 + (se is not None))
+
+
 class InvertedResidual(nn.Module):
     """Expansion 1x1 (optional) -> depthwise kxk -> SE (optional) -> projection 1x1.
 
@@ -109,6 +130,29 @@ class InvertedResidual(nn.Module):
         layers.append(ConvNormActivation(spec.expanded, spec.out, 1, activation_layer=None))
         self.block = nn.Sequential(*layers)
         self.use_residual = spec.residual
+        self._positions = _BlockPositions.of(spec)
+
+    # Named parts, for code that addresses layers (surgery, tests): views into
+    # `.block`, whose indices keep torchvision's state-dict keys.
+    @property
+    def expand(self) -> ConvNormActivation | None:
+        """The 1x1 expansion conv, BN and activation; None for a block without one."""
+        return None if self._positions.expand is None else self.block[self._positions.expand]
+
+    @property
+    def depthwise(self) -> ConvNormActivation:
+        """The kxk depthwise conv, BN and activation."""
+        return self.block[self._positions.depthwise]
+
+    @property
+    def se(self) -> SqueezeExcitation | None:
+        """The squeeze-and-excitation module; None for a block without one."""
+        return None if self._positions.se is None else self.block[self._positions.se]
+
+    @property
+    def project(self) -> ConvNormActivation:
+        """The 1x1 projection conv and BN (no activation: a linear bottleneck)."""
+        return self.block[self._positions.project]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block(x)
@@ -135,6 +179,38 @@ class MobileNetV3(nn.Module):
             nn.Linear(spec.head_hidden, spec.num_classes),
         )
         self.apply(_init_weights)
+
+    # Named parts, for code that addresses layers (surgery, tests): views into
+    # `features` and `classifier`, whose indices keep torchvision's state-dict keys.
+    @property
+    def stem(self) -> ConvNormActivation:
+        """The first 3x3 conv, BN and hardswish."""
+        return self.features[0]
+
+    @property
+    def blocks(self) -> list[InvertedResidual]:
+        """The inverted-residual blocks, in order: `blocks[i]` is built from `spec.blocks[i]`."""
+        return list(self.features[1:-1])
+
+    @property
+    def last_conv(self) -> ConvNormActivation:
+        """The 1x1 conv, BN and hardswish after the last block."""
+        return self.features[-1]
+
+    @property
+    def head(self) -> nn.Sequential:
+        """The classifier after pooling: head_hidden, hardswish, dropout, head_output."""
+        return self.classifier
+
+    @property
+    def head_hidden(self) -> nn.Linear:
+        """The head's first Linear: last_conv channels -> spec.head_hidden."""
+        return self.classifier[0]
+
+    @property
+    def head_output(self) -> nn.Linear:
+        """The head's last Linear: spec.head_hidden -> spec.num_classes."""
+        return self.classifier[3]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk: stem, blocks and last conv, before pooling."""

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from mobilenetv3 import MobileNetV3, NetSpec, build
+from netadapt.cache import cache_dir
 from netadapt.config import Config, to_dict
 from netadapt.data import Dataset
 from netadapt.errors import ConfigError
 from netadapt.train import base_spec, evaluate, load_checkpoint, save_checkpoint, train
 
-__all__ = ["base_cache_key", "cache_dir", "obtain_base_model"]
-
-
-def cache_dir() -> Path:
-    """Where trained base networks and shared lookup tables are cached.
-
-    `NETADAPT_CACHE` overrides the default `~/.cache/netadapt`.
-    """
-    return Path(os.environ.get("NETADAPT_CACHE", "~/.cache/netadapt")).expanduser()
+__all__ = ["base_cache_key", "obtain_base_model"]
 
 
 # TrainConfig fields that never reach the base network's training: evaluation and

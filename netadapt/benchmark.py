@@ -46,15 +46,16 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Iterator, Protocol, runtime_checkable
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 import onnxruntime as ort
 
 from mobilenetv3 import NetSpec, build
-from netadapt.config import OPTIMIZATION_LEVELS, STATISTICS, MeasureConfig, TargetConfig
+from netadapt.config import MeasureConfig, TargetConfig
 from netadapt.errors import ConfigError
 from netadapt.onnx_export import onnx_bytes
+from netadapt.types import OPTIMIZATION_LEVELS, STATISTICS
 
 __all__ = [
     "LocalMeasurer",
@@ -62,12 +63,12 @@ __all__ = [
     "Measurer",
     "Target",
     "cpu_model",
-    "STATISTICS",
     "DEFAULT_STATISTIC",
     "measure",
     "measure_all",
     "best_of",
     "measure_best_of",
+    "measure_onnx_passes",
     "measure_passes",
     "measure_many",
     "measure_spec",
@@ -479,27 +480,42 @@ def measure_passes(
 ) -> list[list[Measurement]]:
     """Measure each spec whole in `passes` passes over all of them; one list of measurements per pass.
 
-    Each spec is exported once, and each pass measures all of them together
-    (`measure_all`). Passes spread a spec's measurements further over time,
-    so one long burst of load from another job cannot spoil all of them.
-    Each pass goes through the specs in its own random order (seeded, so
-    reruns repeat it): the machine drifts over the minutes a pass takes, and
-    in list order that drift would follow the specs' positions, a trend
-    rather than noise that passes cannot average out.
+    Each spec is exported once; see `measure_onnx_passes` for the passes.
     """
-    models = [onnx_bytes(build(spec), input_shape) for spec in specs]
+    return measure_onnx_passes([onnx_bytes(build(spec), input_shape) for spec in specs], measurer, passes)
+
+
+def measure_onnx_passes(
+    models: list[bytes],
+    measurer: Measurer,
+    passes: int = 1,
+    measure_batch: Callable[[list[bytes]], list[Measurement]] | None = None,
+) -> list[list[Measurement]]:
+    """Measure ONNX models side by side in `passes` passes over all of them; one list per pass, in `models` order.
+
+    Each pass measures all of them together (`measure_all`). Passes spread a
+    model's measurements further over time, so one long burst of load from
+    another job cannot spoil all of them. Each pass goes through the models in
+    its own random order (seeded, so reruns repeat it): the machine drifts over
+    the minutes a pass takes, and in list order that drift would follow the
+    models' positions, a trend rather than noise that passes cannot average out.
+    `best_of` keeps each model's fastest pass. `measure_batch` measures one
+    pass's models together (default: `measure_all` on `measurer`); a latency
+    table passes its gauged measurement.
+    """
+    measure_batch = measure_batch or (lambda batch: measure_all(measurer, batch))
     order_rng = random.Random(0)
     passes_measured = []
     for _ in range(max(1, passes)):
         order = list(range(len(models)))
         order_rng.shuffle(order)
-        by_index = dict(zip(order, measure_all(measurer, [models[index] for index in order])))
+        by_index = dict(zip(order, measure_batch([models[index] for index in order])))
         passes_measured.append([by_index[index] for index in range(len(models))])
     return passes_measured
 
 
 def best_of(passes: list[list[Measurement]]) -> list[Measurement]:
-    """Each spec's lowest-latency measurement over the passes of `measure_passes`."""
+    """Each model's lowest-latency measurement over the passes of `measure_passes` or `measure_onnx_passes`."""
     return [min(measured, key=lambda one: one.latency_ms) for measured in zip(*passes)]
 
 

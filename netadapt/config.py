@@ -10,6 +10,7 @@ be resumed from that file alone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -19,8 +20,21 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
-from mobilenetv3.fileio import InputError, load_yaml, read_text
+from netadapt.io import InputError, load_yaml, read_text
 from netadapt.errors import ConfigError, quote
+from netadapt.types import (
+    CHANNEL_COUNTS,
+    DATASETS,
+    DRIFT_CHECKS,
+    EXECUTOR_KINDS,
+    ISOLATIONS,
+    OPTIMIZATION_LEVELS,
+    PRESETS,
+    PRIORITIES,
+    SCORES,
+    SELECTION_RULES,
+    STATISTICS,
+)
 
 __all__ = [
     "Config",
@@ -29,9 +43,6 @@ __all__ = [
     "LutConfig",
     "MeasureConfig",
     "ModelConfig",
-    "OPTIMIZATION_LEVELS",
-    "PRIORITIES",
-    "STATISTICS",
     "SearchConfig",
     "TargetConfig",
     "TrainConfig",
@@ -47,28 +58,46 @@ __all__ = [
 SEED_RANGE = "[0, 4294967295]"
 
 
+class Section:
+    """Base of the config sections: each checks its own values whenever it is made.
+
+    `from_dict` (loading a file) and `dataclasses.replace` (a changed copy in
+    Python) both end in `__post_init__`, so no section exists with a value out
+    of its `RANGES` or a `Literal` field outside its choices. A field set by
+    assignment afterwards is caught by `check_ranges`.
+    """
+
+    SECTION: ClassVar[str] = ""  # the section's key in a config file; "" for the top level
+    # Each numeric field's allowed values (each item of a list field), as an interval.
+    RANGES: ClassVar[dict[str, str]] = {}
+
+    def __post_init__(self) -> None:
+        _check_choices(self)
+        _check_section_ranges(self, self.SECTION, source=None)
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
     # Small at 28x28 trains at ~450 images/s on 2 cores, so the embedded demo
     # (base training plus search) fits in minutes; Large trains ~2.5x slower.
-    preset: Literal["large", "small"] = "small"
+    preset: Literal[PRESETS] = "small"
     width: float = 1.0  # torchvision-style width multiplier applied to the preset
     spec: str | None = None  # a spec YAML file; overrides preset and width
     checkpoint: str | None = None  # trained base weights; None: train on first use and cache
 
-    # Each numeric field's allowed values, checked at load (`from_dict`) and by `check_ranges`.
+    SECTION: ClassVar[str] = "model"
     RANGES: ClassVar[dict[str, str]] = {"width": "(0, inf)"}
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Section):
     # "embedded": the Fashion-MNIST subset shipped in the package (no download).
-    dataset: Literal["embedded", "fashion-mnist", "cifar10", "folder"] = "embedded"
+    dataset: Literal[DATASETS] = "embedded"
     path: str | None = None  # folder holding the dataset files (not for "embedded")
     # Images are resized to resolution x resolution. 28 is Fashion-MNIST's own size:
     # no resampling, and MobileNetV3's five stride-2 stages still end at 1x1.
     resolution: int = 28
-    channels: Literal[1, 3] = 1  # 1: grayscale, 3: RGB; the model's in_channels follows
+    channels: Literal[CHANNEL_COUNTS] = 1  # 1: grayscale, 3: RGB; the model's in_channels follows
     mean: list[float] = field(default_factory=lambda: [0.5])  # per channel, after scaling to [0, 1]
     std: list[float] = field(default_factory=lambda: [0.5])  # per channel, divides after the mean is taken off
     # Images carved from the training set for NetAdapt's decisions. None: a
@@ -78,6 +107,7 @@ class DataConfig:
     holdout: int | None = None
     split_seed: int = 0  # fixes the holdout split independently of the training seed
 
+    SECTION: ClassVar[str] = "data"
     RANGES: ClassVar[dict[str, str]] = {
         "resolution": "[8, 4096]",  # pixels; 4096 is far past any latency target's input
         "mean": "(-inf, inf)",  # each value; finite
@@ -87,18 +117,8 @@ class DataConfig:
     }
 
 
-OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")  # onnxruntime's graph optimisation levels
-PRIORITIES = ("normal", "high", "realtime")
-STATISTICS = ("quiet", "median", "p10", "min")  # which figure of a Measurement the project uses
-
-
-def _require_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key} must be one of {list(choices)}, got {quote(value)}")
-
-
 @dataclass
-class TargetConfig:
+class TargetConfig(Section):
     # "local" measures in this process; "remote://HOST:PORT" on a device server.
     device: str = "local"
     provider: str = "CPUExecutionProvider"  # the onnxruntime execution provider that runs the measured model
@@ -114,21 +134,15 @@ class TargetConfig:
     retries: int = 5  # reconnects after a lost connection, with doubling backoff from 0.5 s
     timeout_s: float = 600.0  # longest wait for one answer, measuring included
 
-    def __post_init__(self) -> None:
-        _require_choice("target.optimization_level", self.optimization_level, OPTIMIZATION_LEVELS)
-        for key, value in (("threads", self.threads), ("inter_op_threads", self.inter_op_threads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"target.{key} must be an integer >= 0 (0: onnxruntime's default), got {quote(value)}")
-        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
-            raise ConfigError(f"target.batch must be an integer >= 1, got {quote(self.batch)}")
-        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
-            raise ConfigError(f"target.retries must be an integer >= 0, got {quote(self.retries)}")
-        if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)) or not 0 < self.timeout_s < float("inf"):
-            raise ConfigError(f"target.timeout_s must be a finite number > 0, got {quote(self.timeout_s)}")
+    SECTION: ClassVar[str] = "target"
+    RANGES: ClassVar[dict[str, str]] = {
+        "threads": "[0, inf)", "inter_op_threads": "[0, inf)", "batch": "[1, inf)", "retries": "[0, inf)",
+        "timeout_s": "(0, inf)",
+    }
 
 
 @dataclass
-class MeasureConfig:
+class MeasureConfig(Section):
     warmup_runs: int = 10  # untimed runs first, so allocation and caches settle
     min_runs: int = 30  # time at least this many runs ...
     min_seconds: float = 0.2  # ... and for at least this long
@@ -149,25 +163,22 @@ class MeasureConfig:
     # Where a search measures on a local target: "process" measures in a separate
     # process that waits for the trainer to go idle first (fine-tuning in the same
     # process inflated figures by a median 11%); "none" measures in the trainer.
-    isolation: Literal["process", "none"] = "process"
+    isolation: Literal[ISOLATIONS] = "process"
+
+    SECTION: ClassVar[str] = "measure"
+    RANGES: ClassVar[dict[str, str]] = {
+        "warmup_runs": "[0, inf)", "min_runs": "[1, inf)", "min_seconds": "[0, inf)", "max_runs": "[1, inf)",
+        "repeats": "[1, inf)", "windows": "[1, inf)",
+    }
 
     def __post_init__(self) -> None:
-        _require_choice("measure.priority", self.priority, PRIORITIES)
-        _require_choice("measure.statistic", self.statistic, STATISTICS)
-        _require_choice("measure.isolation", self.isolation, ("process", "none"))
-        for key, value, low in (("warmup_runs", self.warmup_runs, 0), ("min_runs", self.min_runs, 1),
-                                ("repeats", self.repeats, 1), ("windows", self.windows, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"measure.{key} must be an integer >= {low}, got {quote(value)}")
-        if isinstance(self.max_runs, bool) or not isinstance(self.max_runs, int) or self.max_runs < self.min_runs:
-            raise ConfigError(f"measure.max_runs must be an integer >= measure.min_runs ({self.min_runs}), "
-                              f"got {quote(self.max_runs)}")
-        if not isinstance(self.min_seconds, (int, float)) or isinstance(self.min_seconds, bool) or not 0 <= self.min_seconds < float("inf"):
-            raise ConfigError(f"measure.min_seconds must be a finite number >= 0, got {quote(self.min_seconds)}")
+        super().__post_init__()
+        if self.max_runs < self.min_runs:
+            raise ConfigError(f"measure.max_runs must be an integer >= measure.min_runs ({self.min_runs}), got {quote(self.max_runs)}")
 
 
 @dataclass
-class LutConfig:
+class LutConfig(Section):
     table: str | None = None  # table file; default: one per target fingerprint under ~/.cache/netadapt/luts/
     granularity: int = 8  # channel counts stay multiples of this (x86 NCHWc blocking)
     min_channels: int = 8  # no prunable group goes below this
@@ -191,10 +202,11 @@ class LutConfig:
     # differ from the stored ones by a median of more than `drift_tolerance_pct`,
     # the table is re-measured whole ("remeasure"), refused ("refuse"), or, with
     # "off", not checked.
-    drift_check: Literal["remeasure", "refuse", "off"] = "remeasure"
+    drift_check: Literal[DRIFT_CHECKS] = "remeasure"
     drift_sample: int = 8  # (see drift_check)
     drift_tolerance_pct: float = 5.0  # (see drift_check)
 
+    SECTION: ClassVar[str] = "lut"
     RANGES: ClassVar[dict[str, str]] = {
         "granularity": "[1, inf)", "min_channels": "[1, inf)", "correction_samples": "[1, inf)",
         "entry_passes": "[1, inf)", "network_passes": "[1, inf)", "prefetch_widths": "[0, inf)", "seed": SEED_RANGE,
@@ -203,7 +215,7 @@ class LutConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Section):
     # 1000 x 128 images = ~18 epochs of the embedded subset; ~5 min for small-1.0 on 2 cores.
     steps: int = 1000  # optimiser steps for the base network
     batch_size: int = 128  # images per step, for training and fine-tunes
@@ -226,6 +238,7 @@ class TrainConfig:
     eval_batch_size: int = 512  # images per forward pass when scoring; memory only, not the result
     threads: int = 0  # torch intra-op threads for training; 0: torch's default
 
+    SECTION: ClassVar[str] = "train"
     RANGES: ClassVar[dict[str, str]] = {
         "steps": "[0, inf)", "batch_size": "[1, inf)", "lr": "(0, inf)", "momentum": "[0, 1)",
         "weight_decay": "[0, inf)", "label_smoothing": "[0, 1)", "warmup": "[0, 1]", "crop_padding": "[0, inf)",
@@ -235,7 +248,7 @@ class TrainConfig:
 
 
 @dataclass
-class SearchConfig:
+class SearchConfig(Section):
     budget_ms: float | None = None  # absolute latency budget
     budget_ratio: float | None = None  # or a fraction of the base network's latency
     # NetAdapt schedule: dR_i = initial_reduction * base_latency * decay**(i-1), on the
@@ -262,12 +275,12 @@ class SearchConfig:
     common_batches: bool = True
     # How an iteration picks its winner: the best score ("accuracy", NetAdapt's rule),
     # or the best score lost per millisecond saved ("accuracy_per_latency").
-    selection: Literal["accuracy", "accuracy_per_latency"] = "accuracy"
+    selection: Literal[SELECTION_RULES] = "accuracy"
     # What ranks candidates on the holdout: top-1 "accuracy", or "loss" (mean
     # cross-entropy, smoother than top-1 on a small holdout). With
     # accuracy_per_latency the reference is a control arm: the current network
     # fine-tuned on the same batches as the proposals.
-    score: Literal["accuracy", "loss"] = "accuracy"
+    score: Literal[SCORES] = "accuracy"
     # The prescreen: score every proposal right after surgery and BatchNorm
     # recalibration, and fine-tune only the best `finetune_top`; 0 fine-tunes all.
     finetune_top: int = 0
@@ -276,6 +289,7 @@ class SearchConfig:
     # final network lands just under the budget rather than far below it.
     budget_margin: float = 0.02
 
+    SECTION: ClassVar[str] = "search"
     RANGES: ClassVar[dict[str, str]] = {
         "budget_ms": "(0, inf)", "budget_ratio": "(0, 1)", "initial_reduction": "(0, 1)", "decay": "(0, 1]",
         "finetune_steps": "[0, inf)", "long_finetune_steps": "[0, inf)", "min_proposals": "[1, inf)",
@@ -285,19 +299,20 @@ class SearchConfig:
 
 
 @dataclass
-class ExecutorConfig:
-    kind: Literal["local", "ray"] = "local"  # where candidates fine-tune: in this process, or as Ray tasks
+class ExecutorConfig(Section):
+    kind: Literal[EXECUTOR_KINDS] = "local"  # where candidates fine-tune: in this process, or as Ray tasks
     ray_address: str | None = None  # None starts a local Ray cluster
     cpus_per_candidate: float = 1.0  # Ray resources each candidate's fine-tune asks for
     gpus_per_candidate: float = 0.0  # Ray GPUs per candidate; fractions share a GPU
     max_retries: int = 2  # a dead worker's candidate is retried this often, then recorded as failed
 
+    SECTION: ClassVar[str] = "executor"
     RANGES: ClassVar[dict[str, str]] = {"cpus_per_candidate": "[0, inf)", "gpus_per_candidate": "[0, inf)",
                                         "max_retries": "[0, inf)"}
 
 
 @dataclass
-class Config:
+class Config(Section):
     seed: int = 0  # seeds training, fine-tunes and every random draw of a run
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -309,6 +324,11 @@ class Config:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     RANGES: ClassVar[dict[str, str]] = {"seed": SEED_RANGE}
+
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """The input every network of a run is measured and exported at: (target.batch, data.channels,
+        data.resolution, data.resolution); the data's images are what the network will see."""
+        return (self.target.batch, self.data.channels, self.data.resolution, self.data.resolution)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(to_dict(self), sort_keys=False)
@@ -333,13 +353,30 @@ def _describe_interval(text: str, integer: bool) -> str:
     return kind if low == "-inf" and high == "inf" else f"{kind} in {text}"
 
 
-def _check_section_ranges(section: Any, where: str, source: str) -> None:
-    """Check each of `section`'s RANGES (each item of a list field); messages name `source` and the dotted key."""
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_choices(section: Any) -> None:
+    """Each `Literal` field of `section` (or Optional Literal) holds one of its choices."""
+    for name, hint in _hints(type(section)).items():
+        literal = next((arg for arg in (hint, *typing.get_args(hint)) if typing.get_origin(arg) is Literal), None)
+        value = getattr(section, name)
+        if literal is not None and value is not None and value not in typing.get_args(literal):
+            key = f"{section.SECTION}.{name}" if section.SECTION else name
+            raise ConfigError(f"{key} must be one of {list(typing.get_args(literal))}, got {quote(value)}")
+
+
+def _check_section_ranges(section: Any, where: str, source: str | None) -> None:
+    """Check each of `section`'s RANGES (each item of a list field); messages name `source` (if any) and the dotted key."""
     ranges: dict[str, str] = getattr(type(section), "RANGES", {})
-    hints = typing.get_type_hints(type(section)) if ranges else {}
+    hints = _hints(type(section)) if ranges else {}
     for name, interval in ranges.items():
         key = f"{where}.{name}" if where else name
-        integer = int in (hints[name], *typing.get_args(hints[name]))
+        kinds = (hints[name], *typing.get_args(hints[name]))
+        item_kinds = [arg for kind in kinds for arg in (kind, *typing.get_args(kind))]  # list[float] -> float
+        integer = int in item_kinds and float not in item_kinds
         low, high, low_open, high_open = _interval(interval)
         values = getattr(section, name)
         items = list(enumerate(values)) if isinstance(values, list) else [(None, values)]
@@ -347,10 +384,11 @@ def _check_section_ranges(section: Any, where: str, source: str) -> None:
             if value is None:
                 continue  # an optional value left unset
             item_key = key if index is None else f"{key}[{index}]"
-            number = not isinstance(value, bool) and isinstance(value, (int, float))
+            number = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
             if not number or not _finite(value) or value < low or value > high \
                     or (low_open and value == low) or (high_open and value == high):
-                raise ConfigError(f"{source}: {item_key} must be {_describe_interval(interval, integer)}, "
+                prefix = f"{source}: " if source else ""
+                raise ConfigError(f"{prefix}{item_key} must be {_describe_interval(interval, integer)}, "
                                   f"got {quote(value)}")
 
 
@@ -401,11 +439,9 @@ def from_dict(cls: type, data: Any, where: str = "", source: str = "config") -> 
         key = f"{where}.{name}" if where else name
         values[name] = _coerce(hints[name], value, key, source)
     try:
-        section = cls(**values)
-    except ConfigError as error:  # a section's own range checks (its __post_init__)
+        return cls(**values)
+    except ConfigError as error:  # the section's own checks (`Section.__post_init__`)
         raise ConfigError(f"{source}: {error}") from None
-    _check_section_ranges(section, where, source)
-    return section
 
 
 def _coerce(annotation: Any, value: Any, key: str, source: str) -> Any:
@@ -458,21 +494,25 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in override:
             raise ConfigError(f"--set {quote(override)}: expected key=value, e.g. --set train.steps=200")
         dotted, raw = override.split("=", 1)
-        parts = dotted.strip().split(".")
-        if not all(parts):
-            raise ConfigError(f"--set {quote(override)}: empty key")
         try:
             value = load_yaml(raw, f"--set {quote(dotted.strip())}") if raw.strip() else None
         except InputError as error:
             raise ConfigError(str(error)) from None
-        node = data
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {quote(override)}: {quote(part)} is not a section")
-            node = child
-        node[parts[-1]] = value
+        _set_dotted(data, dotted.strip(), value, f"--set {quote(override)}")
     return data
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any, where: str) -> None:
+    parts = dotted.split(".")
+    if not all(parts):
+        raise ConfigError(f"{where}: empty key")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{where}: {quote(part)} is not a section")
+        node = child
+    node[parts[-1]] = value
 
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
@@ -480,7 +520,7 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
 
     Raises:
         ConfigError: the file is missing, unreadable, not UTF-8, not YAML within
-            `mobilenetv3.fileio.load_yaml`'s bounds, or not a mapping.
+            `netadapt.io.load_yaml`'s bounds, or not a mapping.
     """
     path = Path(path)
     if not path.is_file():
@@ -498,19 +538,29 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a `Config` from an optional YAML file plus `--set` overrides.
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                values: dict[str, Any] | None = None) -> Config:
+    """Load a `Config` from an optional YAML file, `--set` overrides and typed values.
 
-    Keys not given keep their defaults. Overrides are applied on top of the file
-    and validated together with it.
+    Keys not given keep their defaults. Overrides are applied on top of the
+    file, then `values` (dotted key -> value, e.g. a command's own flags) on
+    top of both, and all are validated together.
 
     Raises:
         ConfigError: see `read_yaml_mapping` and `from_dict`; the message names
-            the file (or --set) and the dotted key.
+            the file (or --set, or the flags) and the dotted key.
     """
     data = read_yaml_mapping(path) if path is not None else {}
-    source = str(path) if path is not None else "config"
+    layers = []  # what was laid over the file, for messages: "--set", "flags"
     if overrides:
         data = apply_overrides(data, overrides)
-        source = f"{source} with --set" if path is not None else "--set"
+        layers.append("--set")
+    if values:
+        for dotted, value in values.items():
+            _set_dotted(data, dotted, value, dotted)
+        layers.append("flags")
+    if path is None:
+        source = " and ".join(layers) or "config"
+    else:
+        source = f"{path} with {' and '.join(layers)}" if layers else str(path)
     return from_dict(Config, data, source=source)

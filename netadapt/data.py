@@ -234,7 +234,7 @@ def build_embedded_subset(
     Returns:
         The path written.
     """
-    from mobilenetv3.fileio import atomic_write_bytes  # atomic: a kill leaves the old file
+    from netadapt.io import atomic_write_bytes  # atomic: a kill leaves the old file
     import io
 
     raw = _load_fashion_mnist(Path(source))

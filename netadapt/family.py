@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,15 +27,15 @@ import pandas as pd
 import torch
 
 from mobilenetv3 import MobileNetV3, count
-from mobilenetv3.fileio import atomic_write_bytes, atomic_write_text
+from netadapt.io import atomic_write_bytes, atomic_write_text
 from netadapt.config import Config, load_config
 from netadapt.data import Dataset, load_dataset
-from netadapt.benchmark import best_of, measure_all
+from netadapt.benchmark import best_of, measure_onnx_passes
 from netadapt.errors import RunDirError
 from netadapt.measurers import make_measurer
 from netadapt.onnx_export import onnx_bytes
 from netadapt.rundir import RunDir
-from netadapt.train import evaluate, load_checkpoint, save_checkpoint, train
+from netadapt.train import evaluate, load_checkpoint, long_finetune, save_checkpoint
 
 __all__ = ["FAMILY_COLUMNS", "Member", "export_family", "member_name", "pareto_front", "run_members"]
 
@@ -155,7 +155,7 @@ def export_family(
     config: Config = load_config(run.config_path)
     members = run_members(run)
     dataset = dataset or load_dataset(config.data)
-    shape = (config.target.batch, dataset.in_channels, config.data.resolution, config.data.resolution)
+    shape = config.input_shape()
     measurer = make_measurer(config.target, config.measure, shape)
     fingerprint = measurer.fingerprint()
     out = Path(out)
@@ -171,10 +171,8 @@ def export_family(
         search_test = evaluate(model, dataset.test, config.train.eval_batch_size)
         holdout, test = search_holdout, search_test
         if long_finetune_steps > 0:
-            long_config = replace(config.train, lr=config.train.finetune_lr)
-            train(model, dataset.train, long_config, long_finetune_steps, config.seed + 1000 + member.iteration,
-                  progress=progress, teacher=teacher)
-            model.eval()
+            long_finetune(model, dataset.train, long_finetune_steps, config.train, config.seed + 1000 + member.iteration,
+                          progress=progress, teacher=teacher)
             holdout = evaluate(model, dataset.holdout, config.train.eval_batch_size)
             test = evaluate(model, dataset.test, config.train.eval_batch_size)
         data = onnx_bytes(model, shape)
@@ -190,7 +188,7 @@ def export_family(
                      "max_abs_diff": difference})
         trained.append((model, data))
     # Side by side: every network in each of measure.repeats interleaved passes, its best pass kept.
-    passes = [measure_all(measurer, [data for _, data in trained]) for _ in range(max(1, config.measure.repeats))]
+    passes = measure_onnx_passes([data for _, data in trained], measurer, config.measure.repeats)
     for row, measured in zip(rows, best_of(passes)):
         row["export_ms"] = measured.latency_ms
     front = pareto_front(list(zip(rows, trained)), lambda pair: pair[0]["export_ms"], lambda pair: pair[0]["holdout_acc"])

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from netadapt.benchmark import LocalMeasurer, Measurer, Target
 from netadapt.config import MeasureConfig, TargetConfig
-from netadapt.device_server import load_token
+from netadapt.device.client import RemoteMeasurer, parse_device
+from netadapt.device.protocol import load_token
 from netadapt.latency.isolation import IsolatedMeasurer
-from netadapt.remote import RemoteMeasurer, parse_device
 
 __all__ = ["make_measurer"]
 

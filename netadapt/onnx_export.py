@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from mobilenetv3.fileio import atomic_write_bytes
+from netadapt.io import atomic_write_bytes
 
 __all__ = ["OPSET", "export_onnx", "fold_batchnorm", "onnx_bytes"]
 

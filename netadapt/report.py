@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mobilenetv3.fileio import atomic_write_bytes
+from netadapt.io import atomic_write_bytes
 from netadapt.errors import RunDirError, quote
 from netadapt.family import pareto_front, run_members
 from netadapt.rundir import RunDir

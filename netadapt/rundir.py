@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from mobilenetv3 import NetSpec
-from mobilenetv3.fileio import InputError, atomic_write_text, load_json, read_text
+from netadapt.io import InputError, atomic_write_text, load_json, read_text
 from netadapt.errors import RunDirError, quote
 
 __all__ = ["HISTORY_COLUMNS", "HistoryRow", "IterationNetwork", "RunDir", "SearchState"]

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from mobilenetv3 import MobileNetV3, NetSpec, build
-from mobilenetv3.spec import BlockSpec
+from mobilenetv3.model import ConvNormActivation, InvertedResidual
 from netadapt.groups import STEM, ChannelGroup, require_group_of, with_width, without_block
 
 __all__ = [
@@ -56,58 +56,24 @@ __all__ = [
 # (model, spec, group, keep) -> sorted LongTensor of `keep` channel indices.
 ChannelSelector = Callable[[MobileNetV3, NetSpec, ChannelGroup, int], torch.Tensor]
 
-# state-dict key -> {dim: kept indices along that dim}
-_Slices = dict[str, dict[int, torch.Tensor]]
-
 
 # --------------------------------------------------------------------- layout
-def _block_prefix(index: int) -> str:
-    return f"features.{index + 1}.block"
-
-
-def _block_layers(block: BlockSpec) -> tuple[int | None, int, int | None, int]:
-    """Positions of (expansion, depthwise, SE, projection) in an InvertedResidual's `.block`."""
-    position = 0
-    expansion = None
-    if block.has_expansion:
-        expansion, position = 0, 1
-    depthwise = position
-    position += 1
-    se = None
-    if block.se:
-        se, position = position, position + 1
-    return expansion, depthwise, se, position
-
-
-def _last_conv_prefix(spec: NetSpec) -> str:
-    return f"features.{len(spec.blocks) + 1}"
-
-
-def _conv_bn_prefixes(spec: NetSpec, group: ChannelGroup) -> list[str]:
-    """ConvNormActivation prefixes whose conv (with its BN) writes the group's channels."""
+def _writers(model: MobileNetV3, group: ChannelGroup) -> list[ConvNormActivation]:
+    """The conv-BN parts whose conv (with its BN) writes the group's channels."""
     if group.kind == "expanded":
         (index,) = group.producers
-        expansion, _, _, _ = _block_layers(spec.blocks[index])
-        return [f"{_block_prefix(index)}.{expansion}"]
+        return [model.blocks[index].expand]
     if group.kind == "bottleneck":
-        prefixes = []
-        for producer in group.producers:
-            if producer == STEM:
-                prefixes.append("features.0")
-            else:
-                *_, projection = _block_layers(spec.blocks[producer])
-                prefixes.append(f"{_block_prefix(producer)}.{projection}")
-        return prefixes
+        return [model.stem if producer == STEM else model.blocks[producer].project for producer in group.producers]
     if group.kind == "last_conv":
-        return [_last_conv_prefix(spec)]
+        return [model.last_conv]
     return []  # head: a Linear, no BN
 
 
 # ------------------------------------------------------------------ selection
-def _folded_filter_norms(model: MobileNetV3, prefix: str) -> torch.Tensor:
-    """L2 norm of each output filter of the conv at `prefix`.0 after folding its BN at `prefix`.1."""
-    modules = dict(model.named_modules())
-    conv, bn = modules[f"{prefix}.0"], modules[f"{prefix}.1"]
+def _folded_filter_norms(part: ConvNormActivation) -> torch.Tensor:
+    """L2 norm of each output filter of the part's conv after folding its BN."""
+    conv, bn = part[0], part[1]
     assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     return conv.weight.flatten(1).norm(dim=1) * scale.abs()
@@ -146,9 +112,9 @@ def l2_norm_selection(model: MobileNetV3, spec: NetSpec, group: ChannelGroup, ke
     """
     with torch.no_grad():
         if group.kind == "head":
-            scores = model.classifier[0].weight.norm(dim=1)
+            scores = model.head_hidden.weight.norm(dim=1)
         else:
-            scores = sum(_folded_filter_norms(model, prefix) for prefix in _conv_bn_prefixes(spec, group))
+            scores = sum(_folded_filter_norms(part) for part in _writers(model, group))
         return _top(scores, keep)
 
 
@@ -192,8 +158,7 @@ def se_squeeze_selection(
     selection = {}
     with torch.no_grad():
         for index, squeeze in _squeeze_cuts(spec, new_spec).items():
-            _, _, se, _ = _block_layers(spec.blocks[index])
-            fc1 = model.get_submodule(f"{_block_prefix(index)}.{se}.fc1")
+            fc1 = model.blocks[index].se.fc1
             scores = fc1.weight[:, kept.to(fc1.weight.device)].flatten(1).norm(dim=1)
             selection[index] = _top(scores, squeeze)
     return selection
@@ -279,23 +244,19 @@ def prune_indices(
             if len(squeeze_kept[index]) != squeeze_cuts[index]:
                 raise ValueError(f"{where}: keep {squeeze_cuts[index]} channels, got {len(squeeze_kept[index])}")
 
-    slices: _Slices = defaultdict(dict)
-    _plan(slices, spec, group, kept)
+    plan = _Plan(model)
+    plan.cut(spec, group, kept)
     for index, squeeze in squeeze_kept.items():
-        _, _, se, _ = _block_layers(spec.blocks[index])
-        se_prefix = f"{_block_prefix(index)}.{se}"
-        slices[f"{se_prefix}.fc1.weight"][0] = squeeze
-        slices[f"{se_prefix}.fc1.bias"][0] = squeeze
-        slices[f"{se_prefix}.fc2.weight"][1] = squeeze
+        se = model.blocks[index].se
+        plan.keep(se.fc1.weight, 0, squeeze)
+        plan.keep(se.fc1.bias, 0, squeeze)
+        plan.keep(se.fc2.weight, 1, squeeze)
 
-    old_state = model.state_dict()
     new_state = {}
-    for key, tensor in old_state.items():
-        for dim, dim_kept in slices.get(key, {}).items():
+    for key, tensor in model.state_dict().items():
+        for dim, dim_kept in plan.slices.get(key, {}).items():
             tensor = tensor.index_select(dim, dim_kept.to(tensor.device))
         new_state[key] = tensor  # load_state_dict copies, so the old model shares nothing
-    unknown = set(slices) - set(old_state)
-    assert not unknown, f"surgery plan names missing weights {sorted(unknown)}"
 
     reference = next(model.parameters())
     new_model = build(new_spec).to(device=reference.device, dtype=reference.dtype)
@@ -325,77 +286,84 @@ def remove_block(model: MobileNetV3, spec: NetSpec, index: int) -> tuple[MobileN
     """
     _check_model(model, spec)
     new_spec = without_block(spec, index)
-    removed = f"features.{index + 1}."
-    new_state = {}
-    for key, tensor in model.state_dict().items():
-        if key.startswith(removed):
-            continue
-        if key.startswith("features."):
-            position, rest = key[len("features."):].split(".", 1)
-            if int(position) > index + 1:  # the blocks after it and the last conv move up by one
-                key = f"features.{int(position) - 1}.{rest}"
-        new_state[key] = tensor
     reference = next(model.parameters())
     new_model = build(new_spec).to(device=reference.device, dtype=reference.dtype)
-    new_model.load_state_dict(new_state, strict=True)
-
-    def old_name(name: str) -> str:  # the module or parameter of `model` that `name` of the new model came from
-        parts = name.split(".")
-        if len(parts) > 1 and parts[0] == "features" and int(parts[1]) >= index + 1:
-            parts[1] = str(int(parts[1]) + 1)
-        return ".".join(parts)
-
-    old_parameters, old_modules = dict(model.named_parameters()), dict(model.named_modules())
-    for name, parameter in new_model.named_parameters():
-        parameter.requires_grad_(old_parameters[old_name(name)].requires_grad)
-    for name, module in new_model.named_modules():
-        module.training = old_modules[old_name(name)].training
+    # Part by part, old to new: every part but the removed block, which the blocks after it replace in order.
+    kept_blocks = [block for position, block in enumerate(model.blocks) if position != index]
+    pairs = [(model.stem, new_model.stem), *zip(kept_blocks, new_model.blocks), (model.last_conv, new_model.last_conv),
+             (model.head, new_model.head)]
+    for old, new in pairs:
+        new.load_state_dict(old.state_dict(), strict=True)
+        for old_parameter, parameter in zip(old.parameters(), new.parameters(), strict=True):
+            parameter.requires_grad_(old_parameter.requires_grad)
+        for old_module, module in zip(old.modules(), new.modules(), strict=True):
+            module.training = old_module.training
+    for old_module, module in ((model, new_model), (model.features, new_model.features)):
+        module.training = old_module.training  # the containers the parts sit in: the model and its trunk
     return new_model, new_spec
 
 
-def _plan(slices: _Slices, spec: NetSpec, group: ChannelGroup, kept: torch.Tensor) -> None:
-    """Record, for every weight the group touches, which indices survive along which dim."""
+class _Plan:
+    """Which indices survive along which dim, for every weight a cut touches.
 
-    def writes(prefix: str) -> None:  # a ConvNormActivation producing the channels
-        slices[f"{prefix}.0.weight"][0] = kept
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            slices[f"{prefix}.1.{name}"][0] = kept
+    Weights are named by the parameters and buffers of the model's parts; the
+    plan turns them into that model's state-dict keys.
+    """
 
-    def reads(key: str) -> None:  # a 1x1 conv or Linear consuming the channels
-        slices[key][1] = kept
+    def __init__(self, model: MobileNetV3) -> None:
+        self._model = model
+        self.slices: dict[str, dict[int, torch.Tensor]] = defaultdict(dict)
+        # id(): tensors compare elementwise, so they cannot be dictionary keys themselves.
+        self._keys = {id(tensor): key for key, tensor in model.state_dict(keep_vars=True).items()}
 
-    def depthwise_chain(index: int) -> None:  # block `index` runs its depthwise conv on the channels
-        _, depthwise, se, projection = _block_layers(spec.blocks[index])
-        prefix = _block_prefix(index)
-        writes(f"{prefix}.{depthwise}")  # depthwise: one filter per channel, dim 0
-        if se is not None:
-            reads(f"{prefix}.{se}.fc1.weight")
-            slices[f"{prefix}.{se}.fc2.weight"][0] = kept
-            slices[f"{prefix}.{se}.fc2.bias"][0] = kept
-        reads(f"{prefix}.{projection}.0.weight")
+    def keep(self, tensor: torch.Tensor, dim: int, kept: torch.Tensor) -> None:
+        self.slices[self._keys[id(tensor)]][dim] = kept
 
-    if group.kind == "head":
-        slices["classifier.0.weight"][0] = kept
-        slices["classifier.0.bias"][0] = kept
-        reads("classifier.3.weight")
-        return
-    for prefix in _conv_bn_prefixes(spec, group):
-        writes(prefix)
-    if group.kind == "last_conv":
-        reads("classifier.0.weight")
-    elif group.kind == "expanded":
-        depthwise_chain(group.producers[0])
-    else:
-        # Bottleneck: whatever reads a tensor the producers write. The residual
-        # adds need nothing: every tensor they add is in the group.
-        for producer in group.producers:
-            consumer = producer + 1  # STEM + 1 == block 0
-            if consumer == len(spec.blocks):
-                reads(f"{_last_conv_prefix(spec)}.0.weight")
-            elif spec.blocks[consumer].has_expansion:
-                reads(f"{_block_prefix(consumer)}.0.0.weight")
-            else:
-                depthwise_chain(consumer)
+    def writes(self, part: ConvNormActivation, kept: torch.Tensor) -> None:
+        """A conv-BN part producing the channels: its filters and every BN vector."""
+        conv, bn = part[0], part[1]
+        self.keep(conv.weight, 0, kept)
+        for tensor in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+            self.keep(tensor, 0, kept)
+
+    def reads(self, weight: torch.Tensor, kept: torch.Tensor) -> None:
+        """A 1x1 conv or Linear consuming the channels: its input columns."""
+        self.keep(weight, 1, kept)
+
+    def depthwise_chain(self, block: InvertedResidual, kept: torch.Tensor) -> None:
+        """A block running its depthwise conv, SE and projection on the channels."""
+        self.writes(block.depthwise, kept)  # depthwise: one filter per channel, dim 0
+        if block.se is not None:
+            self.reads(block.se.fc1.weight, kept)
+            self.keep(block.se.fc2.weight, 0, kept)
+            self.keep(block.se.fc2.bias, 0, kept)
+        self.reads(block.project[0].weight, kept)
+
+    def cut(self, spec: NetSpec, group: ChannelGroup, kept: torch.Tensor) -> None:
+        """Everything that writes or reads the group's channels."""
+        model_blocks = self._model.blocks
+        if group.kind == "head":
+            self.keep(self._model.head_hidden.weight, 0, kept)
+            self.keep(self._model.head_hidden.bias, 0, kept)
+            self.reads(self._model.head_output.weight, kept)
+            return
+        for part in _writers(self._model, group):
+            self.writes(part, kept)
+        if group.kind == "last_conv":
+            self.reads(self._model.head_hidden.weight, kept)
+        elif group.kind == "expanded":
+            self.depthwise_chain(model_blocks[group.producers[0]], kept)
+        else:
+            # Bottleneck: whatever reads a tensor the producers write. The residual
+            # adds need nothing: every tensor they add is in the group.
+            for producer in group.producers:
+                consumer = producer + 1  # STEM + 1 == block 0
+                if consumer == len(spec.blocks):
+                    self.reads(self._model.last_conv[0].weight, kept)
+                elif model_blocks[consumer].expand is not None:
+                    self.reads(model_blocks[consumer].expand[0].weight, kept)
+                else:
+                    self.depthwise_chain(model_blocks[consumer], kept)
 
 
 # ----------------------------------------------------------------- validation

@@ -21,7 +21,7 @@ import json
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mobilenetv3 import MobileNetV3, NetSpec, build, preset
-from mobilenetv3.fileio import atomic_write_bytes, atomic_write_text
+from netadapt.io import atomic_write_bytes, atomic_write_text, load_spec
 from netadapt.config import Config, ModelConfig, TrainConfig
 from netadapt.data import Dataset, Split, load_dataset
 from netadapt.errors import ConfigError, NetadaptError, RunDirError, quote
@@ -50,6 +50,7 @@ __all__ = [
     "evaluate_scores",
     "finetune",
     "load_checkpoint",
+    "long_finetune",
     "recalibrate_batchnorm",
     "torch_threads",
     "save_checkpoint",
@@ -173,6 +174,29 @@ def finetune(
     """
     return _run(model, split, config, steps, seed, lambda step: config.finetune_lr, progress, "finetune",
                 teacher if config.distill_alpha > 0 else None)
+
+
+def long_finetune(
+    model: MobileNetV3,
+    split: Split,
+    steps: int,
+    config: TrainConfig,
+    seed: int,
+    progress: bool = True,
+    teacher: torch.nn.Module | None = None,
+) -> TrainStats:
+    """NetAdapt's long-term fine-tune, after the search or before a family export; the model is left in eval mode.
+
+    `train`'s warmup and cosine schedule, peaking at `config.finetune_lr`: the
+    network is already trained, so the base's peak LR would undo it. With a
+    `teacher` and `config.distill_alpha` > 0 it distils as `finetune` does.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite.
+    """
+    stats = train(model, split, replace(config, lr=config.finetune_lr), steps, seed, progress=progress, teacher=teacher)
+    model.eval()
+    return stats
 
 
 @dataclass(frozen=True)
@@ -480,12 +504,7 @@ def model_spec(model_config: ModelConfig, in_channels: int, num_classes: int | N
     if num_classes is not None and num_classes < 1:
         raise ConfigError(f"the class count must be >= 1, got {num_classes}")
     if model_config.spec:
-        try:
-            spec = NetSpec.load(model_config.spec)
-        except FileNotFoundError:
-            raise ConfigError(f"model.spec {model_config.spec}: file not found") from None
-        except ValueError as error:
-            raise ConfigError(f"model.spec {model_config.spec}: {error}") from None
+        spec = load_spec(model_config.spec, "model.spec")
         try:
             return spec.replace(in_channels=in_channels,
                                 num_classes=spec.num_classes if num_classes is None else num_classes)

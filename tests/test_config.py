@@ -147,9 +147,15 @@ def test_a_config_changed_in_python_is_checked_before_a_search(tmp_path):
 
     config = load_config(None, ["search.budget_ms=1"])
     check_ranges(config)
-    changed = dataclasses.replace(config, search=dataclasses.replace(config.search, decay=float("nan")))
+    # A changed copy is checked as it is made: every section validates itself.
+    with pytest.raises(ConfigError, match="^search.decay must be a finite number in"):
+        dataclasses.replace(config.search, decay=float("nan"))
+    with pytest.raises(ConfigError, match="^measure.statistic must be one of"):
+        dataclasses.replace(config.measure, statistic="mean")
+    # A field assigned afterwards is caught before a search relies on it.
+    config.search.decay = float("nan")
     with pytest.raises(ConfigError, match="config: search.decay must be a finite number in"):
-        validate_search_config(changed)
+        validate_search_config(config)
 
 
 ALIAS_BOMB = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(

@@ -27,12 +27,13 @@ from mobilenetv3 import build, preset
 from netadapt.benchmark import LocalMeasurer, Measurer, Target
 from netadapt.cli.main import main
 from netadapt.config import MeasureConfig, TargetConfig
-from netadapt.device_limits import ServerLimits
-from netadapt.device_server import DeviceServer, parse_settings, target_settings
+from netadapt.device.limits import ServerLimits
+from netadapt.device.protocol import parse_settings, target_settings
+from netadapt.device.server import DeviceServer
 from netadapt.errors import ConfigError, DeviceError
 from netadapt.measurers import make_measurer
 from netadapt.onnx_export import onnx_bytes
-from netadapt.remote import RemoteMeasurer, parse_device
+from netadapt.device.client import RemoteMeasurer, parse_device
 
 TOKEN = "test-token-0123456789"
 REPO = Path(__file__).resolve().parents[1]
@@ -308,7 +309,7 @@ def test_a_bad_setting_is_400_naming_it(server, model, query, named):
 
 def test_a_device_refusal_is_not_retried(server, caplog):
     measurer = RemoteMeasurer(server.address, LIGHT, token=TOKEN, retries=3, backoff_s=0.01)
-    with caplog.at_level(logging.WARNING, logger="netadapt.remote"):
+    with caplog.at_level(logging.WARNING, logger="netadapt.device.client"):
         with pytest.raises(DeviceError, match=r"HTTP 400\): body is not an ONNX model"):
             measurer.measure(b"junk")
     assert "retrying" not in caplog.text
@@ -387,7 +388,7 @@ def test_client_retries_until_the_device_comes_up(tmp_path, model, caplog):
     launcher.start()
     try:
         measurer = RemoteMeasurer(f"127.0.0.1:{port}", LIGHT, token=TOKEN, retries=12, backoff_s=0.1)
-        with caplog.at_level(logging.WARNING, logger="netadapt.remote"):
+        with caplog.at_level(logging.WARNING, logger="netadapt.device.client"):
             result = measurer.measure(model)
         assert result.runs >= 3
         assert "retrying" in caplog.text
@@ -734,7 +735,7 @@ def test_uploads_held_at_once_are_capped_in_total(server, model, caplog):
         answer = raw_exchange(server, post_head(len(junk)))  # headers only: answered before any body
         assert answer.startswith(b"HTTP/1.0 503") and b"--max-buffered-mb" in answer, answer[:300]
         measurer = RemoteMeasurer(server.address, LIGHT, token=TOKEN, retries=1, backoff_s=0.01)
-        with caplog.at_level(logging.WARNING, logger="netadapt.remote"):
+        with caplog.at_level(logging.WARNING, logger="netadapt.device.client"):
             with pytest.raises(DeviceError, match=r"busy after 2 attempt\(s\).*HTTP 503\): .*--max-buffered-mb"):
                 measurer.measure(junk)
         assert "retrying" in caplog.text  # busy is worth retrying, unlike a refusal
@@ -770,7 +771,7 @@ def _model_that_never_finishes() -> bytes:
 
 def test_a_measurement_over_the_timeout_is_stopped_and_the_queue_goes_on(server, model, caplog):
     measurer = RemoteMeasurer(server.address, LIGHT, token=TOKEN, retries=3, backoff_s=0.01, timeout_s=60)
-    with caplog.at_level(logging.WARNING, logger="netadapt.remote"):
+    with caplog.at_level(logging.WARNING, logger="netadapt.device.client"):
         with pytest.raises(DeviceError, match=r"HTTP 504\): .*--measure-timeout"):
             measurer.measure(_model_that_never_finishes())
     assert "retrying" not in caplog.text  # the same model would overrun again
@@ -843,7 +844,7 @@ def test_serve_refuses_a_bad_flag_before_starting(monkeypatch, capsys, flags, na
 
 def test_serve_refuses_more_connections_than_the_file_limit_allows(monkeypatch, capsys):
     monkeypatch.setenv("NETADAPT_DEVICE_TOKEN", TOKEN)
-    monkeypatch.setattr("netadapt.device_server._fd_limit", lambda: 80)
+    monkeypatch.setattr("netadapt.device.server._fd_limit", lambda: 80)
     assert main(["device", "serve", "--port", "0", "--max-connections", "64"]) == 2
     err = capsys.readouterr().err
     assert "--max-connections" in err and "ulimit -n" in err

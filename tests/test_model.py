@@ -122,3 +122,28 @@ def test_a_seeded_build_does_not_depend_on_earlier_draws_and_leaves_them_alone()
     assert all(torch.equal(first[key], again[key]) for key in first)
     other = build(spec, seed=4).state_dict()
     assert not all(torch.equal(first[key], other[key]) for key in first)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_named_parts_are_the_layers_the_spec_describes(name):
+    spec = PRESETS[name]()
+    model = build(spec)
+    named = {id(module): key for key, module in model.named_modules()}
+    assert named[id(model.stem)] == "features.0" and model.stem[0].out_channels == spec.stem
+    assert named[id(model.last_conv)] == f"features.{len(spec.blocks) + 1}"
+    assert model.last_conv[0].out_channels == spec.last_conv
+    assert named[id(model.head_hidden)] == "classifier.0" and model.head_hidden.out_features == spec.head_hidden
+    assert named[id(model.head_output)] == "classifier.3" and model.head_output.out_features == spec.num_classes
+    assert len(model.blocks) == len(spec.blocks)
+    for index, (block, block_spec) in enumerate(zip(model.blocks, spec.blocks)):
+        prefix = f"features.{index + 1}.block"
+        parts = [block.expand, block.depthwise, block.se, block.project]
+        present = [part for part in parts if part is not None]
+        # In order, every layer of the block once: the parts are the block.
+        assert [named[id(part)] for part in present] == [f"{prefix}.{i}" for i in range(len(present))]
+        assert (block.expand is None) == (not block_spec.has_expansion)
+        assert (block.se is None) == (not block_spec.se)
+        assert block.depthwise[0].groups == block_spec.expanded and block.depthwise[0].kernel_size[0] == block_spec.kernel
+        assert block.project[0].out_channels == block_spec.out and len(block.project) == 2  # linear bottleneck
+        if block.se is not None:
+            assert block.se.fc1.out_channels == block_spec.se_squeeze

@@ -36,3 +36,31 @@ def _modules_after(code: str) -> set[str]:
 def test_importing_netadapt_loads_neither_torch_nor_onnxruntime():
     loaded = _modules_after("import netadapt; netadapt.__version__")
     assert "torch" not in loaded and "onnxruntime" not in loaded
+
+
+# What the CLI parser may not load: `netadapt --help` took 2.3 s when it did.
+HEAVY = {"torch", "onnx", "onnxruntime", "numpy", "pandas"}
+
+
+def test_building_the_cli_parser_loads_no_heavy_library():
+    loaded = _modules_after("import netadapt.cli.main as cli; cli.build_parser()")
+    assert "netadapt.cli.lut" in loaded  # every command's parser was built
+    assert not HEAVY & {name.split(".")[0] for name in loaded}
+
+
+def test_every_command_help_loads_no_heavy_library():
+    # `--help` exits inside parse_args, before any handler: what one command's help costs.
+    from netadapt.cli.main import COMMAND_MODULES
+
+    for command in COMMAND_MODULES:
+        loaded = _modules_after(
+            "import contextlib, io\nimport netadapt.cli.main as cli\n"
+            f"with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+            f"    cli.main([{command!r}, '--help'])")
+        assert not HEAVY & {name.split(".")[0] for name in loaded}, command
+
+
+def test_the_device_client_imports_neither_the_server_nor_its_worker():
+    loaded = _modules_after("import netadapt.device.client")
+    assert "netadapt.device.protocol" in loaded
+    assert not {"netadapt.device.server", "netadapt.device.worker", "netadapt.device.limits"} & loaded

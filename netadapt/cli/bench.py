@@ -11,25 +11,23 @@ import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mobilenetv3 import NetSpec
-from netadapt.benchmark import Measurement, Target, measure_spec
-from netadapt.measurers import make_measurer
 from netadapt.cli.common import add_config_arguments, parse_input_shape
 from netadapt.config import Config, load_config
 from netadapt.errors import ConfigError
-from netadapt.train import model_spec
+from netadapt.types import DATASET_CLASSES, OPTIMIZATION_LEVELS, PRESETS, PRIORITIES, STATISTICS
+
+if TYPE_CHECKING:
+    from mobilenetv3 import NetSpec
+    from netadapt.benchmark import Measurement, Target
 
 __all__ = ["Resolved", "add_target_arguments", "format_measurement", "register", "resolve"]
-
-# Classes of the datasets the config names; a folder dataset needs --classes.
-_DATASET_CLASSES = {"embedded": 10, "fashion-mnist": 10, "cifar10": 10}
-
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     """Network and target flags shared by `bench` and `lut`; None means "from the config"."""
     add_config_arguments(parser)
-    parser.add_argument("--preset", choices=["large", "small"], help="MobileNetV3 variant (default: config's model.preset)")
+    parser.add_argument("--preset", choices=PRESETS, help="MobileNetV3 variant (default: config's model.preset)")
     parser.add_argument("--width", type=float, help="width multiplier (default: config's model.width)")
     parser.add_argument("--classes", type=int, help="number of classes (default: the config's dataset; 1000 for a preset without --config)")
     parser.add_argument(
@@ -40,16 +38,16 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--provider", help="onnxruntime execution provider (default CPUExecutionProvider)")
     parser.add_argument("--target", metavar="DEVICE", help="'local' or remote://HOST:PORT (default: target.device)")
     parser.add_argument(
-        "--optimization-level", choices=["disable", "basic", "extended", "all"], help="graph optimisation level"
+        "--optimization-level", choices=OPTIMIZATION_LEVELS, help="graph optimisation level"
     )
     parser.add_argument("--warmup", type=int, help="warm-up runs (default: measure.warmup_runs)")
     parser.add_argument("--min-runs", type=int, help="time at least this many runs (default: measure.min_runs)")
     parser.add_argument("--min-seconds", type=float, help="... and for at least this long (default: measure.min_seconds)")
     parser.add_argument(
-        "--priority", choices=["normal", "high", "realtime"], help="scheduling of the measuring thread (default: measure.priority)"
+        "--priority", choices=PRIORITIES, help="scheduling of the measuring thread (default: measure.priority)"
     )
     parser.add_argument(
-        "--statistic", choices=["quiet", "median", "p10", "min"],
+        "--statistic", choices=STATISTICS,
         help="the figure used: quiet = lowest round median, min = fastest run (default: measure.statistic)",
     )
 
@@ -66,8 +64,10 @@ class Resolved:
 
 def resolve(args: argparse.Namespace) -> Resolved:
     """Merge `--config`/`--set` with the shared flags; flags win where given."""
-    config = load_config(args.config, args.overrides)
-    overrides = {
+    from netadapt.benchmark import Target
+    from netadapt.train import model_spec
+
+    flags = {
         "target.threads": args.threads,
         "target.inter_op_threads": args.inter_op_threads,
         "target.provider": args.provider,
@@ -81,25 +81,22 @@ def resolve(args: argparse.Namespace) -> Resolved:
         "model.preset": args.preset,
         "model.width": args.width,
     }
-    for dotted, value in overrides.items():
-        if value is not None:
-            section, key = dotted.split(".")
-            setattr(getattr(config, section), key, value)
+    values = {key: value for key, value in flags.items() if value is not None}
     if args.preset is not None or args.width is not None:
-        config.model.spec = None  # an explicit preset on the command line replaces a spec file
-    if args.input is not None:
-        shape = parse_input_shape(args.input)
-        config.target.batch = shape[0]
-    elif args.config is not None:
-        shape = (config.target.batch, config.data.channels, config.data.resolution, config.data.resolution)
-    else:
-        shape = (config.target.batch, 3, 224, 224)
+        values["model.spec"] = None  # an explicit preset on the command line replaces a spec file
+    shape = parse_input_shape(args.input) if args.input is not None else None
+    if shape is not None:
+        values["target.batch"] = shape[0]
+    # Through the typed loader, so a flag's value is checked like the config key it sets.
+    config = load_config(args.config, args.overrides, values)
+    if shape is None:
+        shape = config.input_shape() if args.config is not None else (config.target.batch, 3, 224, 224)
     if args.classes is not None:
         if args.classes < 1:
             raise ConfigError(f"--classes must be >= 1, got {args.classes}")
         classes = args.classes
     elif args.config is not None:
-        classes = _DATASET_CLASSES.get(config.data.dataset)  # a folder dataset: the spec's own (or 1000)
+        classes = DATASET_CLASSES.get(config.data.dataset)  # a folder dataset: the spec's own (or 1000)
     else:
         classes = None  # the spec file's own, or ImageNet's 1000 for a preset
     # The same spec the search would adapt: the input's channels, the data's classes.
@@ -132,6 +129,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def bench_command(args: argparse.Namespace) -> int:
+    from netadapt.benchmark import measure_spec
+    from netadapt.measurers import make_measurer
+
     resolved = resolve(args)
     measurer = make_measurer(resolved.config.target, resolved.config.measure, resolved.input_shape)
     if args.model:

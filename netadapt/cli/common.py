@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import math
 
-from mobilenetv3 import NetSpec, preset
+from typing import TYPE_CHECKING
+
 from mobilenetv3.spec import MAX_CHANNELS
 from netadapt.errors import ConfigError, quote
+from netadapt.types import PRESETS
+
+if TYPE_CHECKING:
+    from mobilenetv3 import NetSpec
 
 # The largest batch and image side of an input shape: far past what a latency
 # target measures (224 and below), short of an input whose tensor alone would
@@ -37,7 +42,7 @@ def parse_input_shape(text: str) -> tuple[int, int, int, int]:
 
 
 def add_preset_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=["large", "small"], default="large", help="MobileNetV3 variant")
+    parser.add_argument("--preset", choices=PRESETS, default="large", help="MobileNetV3 variant")
     parser.add_argument("--width", type=float, default=1.0, help="width multiplier (default 1.0)")
     parser.add_argument("--classes", type=int, default=1000, help="number of classes (default 1000)")
 
@@ -49,6 +54,8 @@ def spec_from_preset_arguments(args: argparse.Namespace, in_channels: int) -> Ne
         ConfigError: the width is not finite and positive, or the spec it
             gives is invalid (a channel count past the spec's bounds, named).
     """
+    from mobilenetv3 import preset
+
     if not math.isfinite(args.width) or args.width <= 0:
         raise ConfigError(f"--width must be a finite number > 0, got {args.width}")
     if args.classes < 1:

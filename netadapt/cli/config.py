@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def keys_command(args: argparse.Namespace) -> int:
-    from mobilenetv3.fileio import InputError, atomic_write_text, read_text
+    from netadapt.io import InputError, atomic_write_text, read_text
     from netadapt.config_keys import markdown_table, with_table
     from netadapt.errors import ConfigError
 

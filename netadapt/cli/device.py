@@ -7,9 +7,9 @@ import json
 import os
 import sys
 
-from netadapt.config import PRIORITIES
-from netadapt.device_limits import ServerLimits, parse_priorities  # light: no onnx, no torch
+from netadapt.device.limits import ServerLimits, parse_priorities  # light: no onnx, no torch
 from netadapt.errors import ConfigError
+from netadapt.types import PRIORITIES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -65,7 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from netadapt.device_server import TOKEN_ENV, load_token, serve  # onnx/onnxruntime only when needed
+    from netadapt.device.protocol import TOKEN_ENV, load_token  # onnx/onnxruntime only when needed
+    from netadapt.device.server import serve
 
     # Every limit is checked (finite, positive, sane) before anything is bound or started.
     limits = ServerLimits(
@@ -91,8 +92,8 @@ def serve_command(args: argparse.Namespace) -> int:
 
 def ping_command(args: argparse.Namespace) -> int:
     from netadapt.benchmark import Target
-    from netadapt.device_server import load_token
-    from netadapt.remote import RemoteMeasurer, parse_device
+    from netadapt.device.client import RemoteMeasurer, parse_device
+    from netadapt.device.protocol import load_token
 
     _, address = parse_device(args.device, key="device")
     assert address is not None

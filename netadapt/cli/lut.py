@@ -13,39 +13,18 @@ import dataclasses
 import random
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mobilenetv3 import NetSpec
-from netadapt.benchmark import Measurement, best_of
-from netadapt.measurers import make_measurer
 from netadapt.cli.bench import Resolved, add_target_arguments, resolve
 from netadapt.config import load_config
 from netadapt.errors import ConfigError
-from netadapt.groups import lower_bound_spec
-from netadapt.latency import (
-    Correction,
-    LatencyTable,
-    calibration_specs,
-    first_iteration_specs,
-    network_key,
-    random_subnetwork,
-    summarize_validation,
-    table_filename,
-    trajectory_specs,
-    validate,
-)
-from netadapt.latency.validate import removal_specs, summarize_run, validate_run
-from netadapt.rundir import RunDir
 
-__all__ = ["default_table_path", "register"]
+if TYPE_CHECKING:
+    from mobilenetv3 import NetSpec
+    from netadapt.benchmark import Measurement
+    from netadapt.latency import Correction, LatencyTable
 
-
-def default_table_path(fingerprint: dict) -> Path:
-    """<cache>/luts/lut-v<format>-<short hash of the fingerprint>.csv: one file per target, shared with `search`."""
-    try:
-        from netadapt.base import cache_dir
-    except ImportError:  # the base-network cache arrives with the search; until then, a local folder
-        return Path("runs") / "luts" / table_filename(fingerprint)
-    return cache_dir() / "luts" / table_filename(fingerprint)
+__all__ = ["register"]
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -100,6 +79,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _open(args: argparse.Namespace) -> tuple[Resolved, LatencyTable, int, int, int]:
+    from netadapt.latency import LatencyTable, table_path
+    from netadapt.measurers import make_measurer
+
     resolved = resolve(args)
     lut = resolved.config.lut
     granularity = args.granularity if args.granularity is not None else lut.granularity
@@ -110,7 +92,7 @@ def _open(args: argparse.Namespace) -> tuple[Resolved, LatencyTable, int, int, i
     if granularity < 1 or min_channels < 1:
         raise ConfigError(f"--granularity and --min-channels must be >= 1, got {granularity}, {min_channels}")
     measurer = make_measurer(resolved.config.target, resolved.config.measure, resolved.input_shape)
-    path = Path(args.table or lut.table or default_table_path(measurer.fingerprint()))
+    path = table_path(args.table or lut.table, measurer.fingerprint())
     table = LatencyTable.open(path, measurer, resolved.input_shape, reference_units=lut.reference_units)
     if not getattr(args, "rebuild", False):
         table.ensure_consistent(lut.drift_check, lut.drift_sample, lut.drift_tolerance_pct)
@@ -131,6 +113,9 @@ def _measure_whole(args: argparse.Namespace, resolved: Resolved, table: LatencyT
     Only the measuring time differs from the table's measurer, so the
     fingerprint (and thus the table) is the same.
     """
+    from netadapt.benchmark import best_of
+    from netadapt.measurers import make_measurer
+
     measurer = table.measurer
     if args.network_seconds is not None:
         if args.network_seconds < 0:
@@ -147,6 +132,9 @@ def _fit(args: argparse.Namespace, resolved: Resolved, table: LatencyTable, spec
 
 
 def build_command(args: argparse.Namespace) -> int:
+    from netadapt.groups import lower_bound_spec
+    from netadapt.latency import calibration_specs, first_iteration_specs, network_key
+
     resolved, table, granularity, min_channels, seed = _open(args)
     base = resolved.spec
     specs = first_iteration_specs(base, granularity, min_channels)
@@ -171,6 +159,17 @@ def build_command(args: argparse.Namespace) -> int:
 
 
 def validate_command(args: argparse.Namespace) -> int:
+    from netadapt.groups import lower_bound_spec
+    from netadapt.latency import (
+        calibration_specs,
+        network_key,
+        random_subnetwork,
+        summarize_validation,
+        trajectory_specs,
+        validate,
+    )
+    from netadapt.latency.validate import removal_specs
+
     if args.run:
         return _validate_run_command(args)
     resolved, table, granularity, min_channels, seed = _open(args)
@@ -192,7 +191,7 @@ def validate_command(args: argparse.Namespace) -> int:
     frame = validate(table, specs, measured=_measure_whole(args, resolved, table, specs))
     frame.insert(1, "kind", ["random"] * len(random_cuts) + ["trajectory"] * len(path_cuts) + ["removal"] * len(removed))
     if args.out:
-        from mobilenetv3.fileio import atomic_write_text
+        from netadapt.io import atomic_write_text
 
         atomic_write_text(Path(args.out), frame.to_csv(index=False))
     print(f"{'#':>3} {'kind':>10} {'predicted':>10} {'measured':>10} {'error':>8}")
@@ -215,11 +214,14 @@ def validate_command(args: argparse.Namespace) -> int:
 
 def _validate_run_command(args: argparse.Namespace) -> int:
     """`lut validate --run RUN`: the run's networks re-measured whole, here and now, against its records."""
+    from netadapt.latency.validate import summarize_run, validate_run
+    from netadapt.measurers import make_measurer
+    from netadapt.rundir import RunDir
+
     run = RunDir(args.run)
     networks = run.iteration_networks()  # refuses a directory that is not a run, naming it
     config = load_config(run.config_path, args.overrides)
-    resolution = config.data.resolution
-    shape = (config.target.batch, networks[0].spec.in_channels, resolution, resolution)
+    shape = config.input_shape()
     measurer = make_measurer(config.target, config.measure, shape)
     # As many passes as the search took of each network (measure.repeats), so the two figures are taken alike.
     passes = args.passes if args.passes is not None else config.measure.repeats
@@ -227,7 +229,7 @@ def _validate_run_command(args: argparse.Namespace) -> int:
           f"{'x'.join(map(str, shape))} in {passes} interleaved passes")
     frame = validate_run(networks, measurer, shape, passes)
     if args.out:
-        from mobilenetv3.fileio import atomic_write_text
+        from netadapt.io import atomic_write_text
 
         atomic_write_text(Path(args.out), frame.to_csv(index=False))
     print(f"{'iter':>4} {'predicted':>10} {'table':>10} {'in-search':>10} {'re-measured':>11} {'error':>8} "
@@ -248,15 +250,12 @@ def _validate_run_command(args: argparse.Namespace) -> int:
 
 
 def predict_command(args: argparse.Namespace) -> int:
+    from netadapt.io import load_spec
+
     resolved, table, *_ = _open(args)
     spec = resolved.spec
     if args.spec:
-        try:
-            spec = NetSpec.load(args.spec)
-        except FileNotFoundError:
-            raise ConfigError(f"--spec {args.spec}: file not found") from None
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
+        spec = load_spec(args.spec, "--spec")
     before = len(table)
     predicted = table.predict_ms(spec)
     correction = table.correction_for(spec)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from mobilenetv3 import NetSpec, build, count
+from typing import TYPE_CHECKING
+
 from netadapt.cli.common import MAX_SIDE, add_preset_arguments, parse_input_shape, spec_from_preset_arguments
 from netadapt.errors import ConfigError
-from netadapt.onnx_export import export_onnx
+from netadapt.io import load_spec
+
+if TYPE_CHECKING:
+    from mobilenetv3 import NetSpec
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,17 +35,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _spec(args: argparse.Namespace, in_channels: int) -> NetSpec:
     if args.spec:
-        try:
-            return NetSpec.load(args.spec)
-        except FileNotFoundError:
-            raise ConfigError(f"--spec {args.spec}: file not found") from None
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
+        return load_spec(args.spec, "--spec")
     return spec_from_preset_arguments(args, in_channels)
 
 
 def format_table(spec: NetSpec, input_size: int) -> str:
     """The block table of `netadapt model show`."""
+    from mobilenetv3 import count
+
     header = f"{'unit':<10} {'in':>5} {'k':>2} {'exp':>5} {'out':>5} {'SE':>4} {'act':>4} {'s':>2} {'size':>5} {'params':>10} {'MAdds':>12}"
     lines = [f"{spec.name or 'spec'} at {input_size}x{input_size}, {spec.num_classes} classes", header, "-" * len(header)]
     rows = count(spec, input_size)
@@ -71,6 +72,9 @@ def show_command(args: argparse.Namespace) -> int:
 
 
 def export_command(args: argparse.Namespace) -> int:
+    from mobilenetv3 import build
+    from netadapt.onnx_export import export_onnx
+
     shape = parse_input_shape(args.input)
     spec = _spec(args, shape[1])
     if spec.in_channels != shape[1]:

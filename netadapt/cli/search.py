@@ -6,6 +6,7 @@ import argparse
 
 from netadapt.cli.common import add_config_arguments
 from netadapt.config import load_config
+from netadapt.types import EXECUTOR_KINDS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/search-<time>)")
     parser.add_argument("--seed", type=int, help="seed for every random choice (default: config seed, 0)")
     parser.add_argument("--resume", metavar="RUN", help="continue a killed run from its last completed iteration")
-    parser.add_argument("--executor", choices=["local", "ray"], help="where candidates are fine-tuned (executor.kind)")
+    parser.add_argument("--executor", choices=EXECUTOR_KINDS, help="where candidates are fine-tuned (executor.kind)")
     parser.add_argument("--ray-address", metavar="ADDR", help="a running Ray cluster (default: start a local one)")
     parser.add_argument("--target", metavar="DEVICE", help="'local' or remote://HOST:PORT (target.device)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (summary lines only)")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from netadapt.cli.common import add_config_arguments
 from netadapt.config import load_config
-from netadapt.train import train_base
 
 __all__ = ["register", "train_command"]
 
@@ -29,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def train_command(args: argparse.Namespace) -> int:
+    from netadapt.train import train_base  # torch: only when the command runs
+
     config = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / f"train-{datetime.now():%Y%m%d-%H%M%S}"
     result = train_base(config, out, progress=not args.no_progress)

@@ -24,12 +24,12 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from netadapt.benchmark import Measurement, Target
-from netadapt.device_server import TOKEN_ENV, load_token, target_settings
+from netadapt.device.protocol import HEALTH_PATH, MEASURE_PATH, TOKEN_ENV, load_token, target_settings
 from netadapt.errors import ConfigError, DeviceError
 
 __all__ = ["RemoteMeasurer", "parse_device"]
 
-log = logging.getLogger("netadapt.remote")
+log = logging.getLogger(__name__)
 
 _SCHEME = "remote://"
 # Keys of the fingerprint that describe the device and session, not the model sent:
@@ -134,7 +134,7 @@ class RemoteMeasurer:
     def health(self, refresh: bool = False) -> dict[str, Any]:
         """The device's authorised health check: fingerprint, measurement count and upload limit."""
         if self._health is None or refresh:
-            answer = self._request("GET", "/")
+            answer = self._request("GET", HEALTH_PATH)
             if "fingerprint" not in answer:
                 raise DeviceError(f"device at {self.address} answered the health check without a fingerprint: {answer}")
             self._health = answer
@@ -158,7 +158,7 @@ class RemoteMeasurer:
                 f"model of {len(onnx_bytes)} bytes is over the upload limit of the device at {self.address} "
                 f"({limit} bytes); restart it with a larger --max-upload-mb"
             )
-        answer = self._request("POST", "/measure", onnx_bytes)
+        answer = self._request("POST", MEASURE_PATH, onnx_bytes)
         statistics = ("median_ms", "p10_ms", "p90_ms", "mean_ms", "cv", "runs", "quiet_ms", "min_ms", "latency_ms")
         missing = [name for name in statistics if name not in answer]
         if missing:

@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from netadapt.config import PRIORITIES
 from netadapt.errors import ConfigError
+from netadapt.types import PRIORITIES
 
 __all__ = ["MAX_UPLOAD_MB", "MAX_TIMEOUT_S", "ServerLimits", "parse_priorities"]
 

@@ -7,15 +7,8 @@ there and measures ONNX models with the same benchmarker as local runs
 (`netadapt.benchmark.measure`), so a remote figure and a local one mean the
 same thing.
 
-Protocol (plain HTTP, JSON answers; see `netadapt.remote` for the client):
-
-- ``GET /`` is a health check. Without a token it answers ``{"status": "ok"}``
-  only; with a valid ``Authorization: Bearer TOKEN`` it adds the device's
-  fingerprint for the settings given as query parameters, the number of
-  measurements done and the upload limit.
-- ``POST /measure`` takes the serialised ONNX model as the body and the
-  settings as query parameters (`SETTINGS`); it answers
-  `Measurement.to_dict()` plus the server's timing of the measurement.
+The protocol (paths, token, settings) is `netadapt.device.protocol`; the
+client is `netadapt.device.client`.
 
 Security, in the order a request meets it (the limits are `ServerLimits`):
 
@@ -36,7 +29,7 @@ Security, in the order a request meets it (the limits are `ServerLimits`):
 6. Every setting is checked against the server's caps and
    ``--allow-priority`` before the upload (400 naming the setting and cap).
 7. The model is validated and measured in a child process
-   (`netadapt.device_worker`) that is killed after ``--measure-timeout``
+   (`netadapt.device.worker`) that is killed after ``--measure-timeout``
    (504). It must parse as an ONNX ``ModelProto``, hold all its tensor data
    itself and pass `onnx.checker`; otherwise 400 with the reason. Nothing
    received is unpickled or executed outside onnxruntime.
@@ -57,43 +50,26 @@ import io
 import json
 import logging
 import math
-import os
 import queue
 import signal
 import socket
-import stat
 import sys
 import threading
 import time
-import typing
 from concurrent.futures import Future
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any, Callable, Literal
-from urllib.parse import parse_qs, urlsplit
+from typing import Any, Callable
+from urllib.parse import urlsplit
 
-from netadapt.benchmark import MEASURING_SETTINGS, SESSION_SETTINGS, Target
-from netadapt.config import MeasureConfig, TargetConfig
-from netadapt.device_limits import ServerLimits
-from netadapt.device_worker import BadRequest, MeasuringProcess, measuring_target
+from netadapt.device.limits import ServerLimits
+from netadapt.device.protocol import HEALTH_PATH, MEASURE_PATH, TOKEN_ENV, BadRequest, load_token, parse_settings
+from netadapt.device.worker import MeasuringProcess, measuring_target
 from netadapt.errors import ConfigError
 
-__all__ = [
-    "SETTINGS",
-    "TOKEN_ENV",
-    "BadRequest",
-    "DeviceServer",
-    "ServerLimits",
-    "check_settings",
-    "load_token",
-    "parse_settings",
-    "serve",
-    "target_settings",
-]
+__all__ = ["DeviceServer", "check_settings", "serve"]
 
-TOKEN_ENV = "NETADAPT_DEVICE_TOKEN"
 # An error answered before the body is read is followed by reading (and
 # dropping) at most this much of it: closing a socket with unread data makes
 # the kernel send a reset, which can destroy the answer before the client
@@ -109,80 +85,6 @@ _ACCEPT_BACKOFF_S = (0.05, 1.0)  # first and longest pause after a failed accept
 _LOG_EVERY_S = 10.0  # repeated warnings (failed accepts, dropped connections) at most this often
 
 log = logging.getLogger("netadapt.device")
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("expected true or false")
-
-
-_PARSERS: dict[str, Callable[[str], Any]] = {"str": str, "int": int, "float": float, "bool": _parse_bool}
-
-
-def _settings_from_target() -> dict[str, Callable[[str], Any]]:
-    # Derived from the config sections that own `Target`'s settings, so a
-    # setting added there (e.g. a scheduling priority) travels to the device
-    # without a second list to keep in step.
-    hints = {**typing.get_type_hints(TargetConfig), **typing.get_type_hints(MeasureConfig)}
-    settings = {}
-    for name in (*SESSION_SETTINGS, *MEASURING_SETTINGS):
-        hint = hints[name]
-        if typing.get_origin(hint) is Literal:
-            hint = type(typing.get_args(hint)[0])
-        type_name = getattr(hint, "__name__", str(hint))
-        if type_name not in _PARSERS:
-            raise TypeError(f"setting {name}: type {type_name} has no query-parameter parser")  # a bug
-        settings[name] = _PARSERS[type_name]
-    return settings
-
-
-# Query parameter -> parser: every setting of `Target.settings()`,
-# plus `batch`, which fills a dynamic batch dimension and sets the batch of
-# the health check's fingerprint.
-SETTINGS: dict[str, Callable[[str], Any]] = {**_settings_from_target(), "batch": int}
-_KINDS = {int: "an integer", float: "a number", str: "a string", _parse_bool: "true or false"}
-
-
-def target_settings(target: Target) -> dict[str, str]:
-    """The query parameters that reproduce `target` on the device (the client's half of `parse_settings`)."""
-    query = {}
-    for name in SETTINGS:
-        value = target.input_shape[0] if name == "batch" else target.settings()[name]
-        if isinstance(value, bool):
-            query[name] = "true" if value else "false"
-        elif isinstance(value, float):
-            query[name] = repr(value)  # round-trips exactly
-        else:
-            query[name] = str(value)
-    return query
-
-
-def parse_settings(query: str) -> dict[str, Any]:
-    """Parse and type-check measurement settings from a URL query string.
-
-    Raises:
-        BadRequest: 400 naming the unknown, repeated or malformed parameter.
-    """
-    try:
-        raw = parse_qs(query, keep_blank_values=True, strict_parsing=False)
-    except ValueError as error:
-        raise BadRequest(HTTPStatus.BAD_REQUEST, f"malformed query string: {error}") from None
-    settings: dict[str, Any] = {}
-    for name, values in raw.items():
-        if name not in SETTINGS:
-            raise BadRequest(HTTPStatus.BAD_REQUEST, f"unknown parameter {name!r}; valid parameters are {sorted(SETTINGS)}")
-        if len(values) != 1:
-            raise BadRequest(HTTPStatus.BAD_REQUEST, f"parameter {name!r} given {len(values)} times")
-        try:
-            settings[name] = SETTINGS[name](values[0])
-        except ValueError:
-            kind = _KINDS.get(SETTINGS[name], "value")
-            raise BadRequest(HTTPStatus.BAD_REQUEST, f"parameter {name!r}: {values[0]!r} is not {kind}") from None
-    return settings
 
 
 def check_settings(settings: dict[str, Any], limits: ServerLimits) -> dict[str, Any]:
@@ -262,7 +164,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._started = time.monotonic()
         url = urlsplit(self.path)
         try:
-            if url.path != "/":
+            if url.path != HEALTH_PATH:
                 raise BadRequest(HTTPStatus.NOT_FOUND, f"no such path {url.path!r}; use GET / or POST /measure")
             answer: dict[str, Any] = {"status": "ok", "service": "netadapt-device"}
             detail = "health check without token"
@@ -286,7 +188,7 @@ class _Handler(BaseHTTPRequestHandler):
         body_read = False
         reserved = 0
         try:
-            if url.path != "/measure":
+            if url.path != MEASURE_PATH:
                 raise BadRequest(HTTPStatus.NOT_FOUND, f"no such path {url.path!r}; use POST /measure")
             self._authorise()
             length = self._content_length()
@@ -710,40 +612,6 @@ class DeviceServer(ThreadingHTTPServer):
             self._closed = True
             self._jobs.put(None)
         self._measurer.stop()  # a running measurement ends at once; those queued behind it fail fast with 503
-
-
-def load_token(token_file: str | Path | None, option: str = "--token-file") -> str | None:
-    """The device token: from `token_file` if given, else from `NETADAPT_DEVICE_TOKEN`.
-
-    Tokens are never taken from a command-line argument, which any user can
-    read in the process list.
-
-    Args:
-        token_file: a file holding the token (surrounding whitespace is ignored).
-        option: how the file was named (e.g. "target.token_file"), for messages.
-
-    Returns:
-        The token, or None if neither source has one.
-
-    Raises:
-        ConfigError: the file is missing, unreadable or empty.
-    """
-    if token_file is not None:
-        path = Path(token_file).expanduser()
-        try:
-            token = path.read_text(encoding="utf-8").strip()
-        except OSError as error:
-            raise ConfigError(f"{option} {path}: cannot read the token file: {error.strerror}") from None
-        if not token:
-            raise ConfigError(f"{option} {path}: the token file is empty")
-        try:
-            if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-                print(f"warning: {path} is readable by other users; chmod 600 it", file=sys.stderr)
-        except OSError:
-            pass
-        return token
-    token = os.environ.get(TOKEN_ENV, "").strip()
-    return token or None
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,6 +1,6 @@
 """Measuring received models on the device, in a child process the server can kill.
 
-`netadapt device serve` (`netadapt.device_server`) hands each complete
+`netadapt device serve` (`netadapt.device.server`) hands each complete
 upload to `MeasuringProcess.run`, one at a time. The child validates the
 model and measures it with `netadapt.benchmark.measure`; the server waits at
 most its ``--measure-timeout`` for the answer and then kills the child. So a
@@ -47,23 +47,15 @@ from typing import Any, Iterator
 import onnx
 
 from netadapt.benchmark import Measurement, Target, measure
+from netadapt.device.protocol import BadRequest
 from netadapt.errors import ConfigError
 
-__all__ = ["BadRequest", "MeasuringProcess", "Outcome", "external_data_refs", "measuring_target", "validate_model"]
+__all__ = ["MeasuringProcess", "Outcome", "external_data_refs", "measuring_target", "validate_model"]
 
 log = logging.getLogger("netadapt.device")
 
 _START_TIMEOUT_S = 300.0  # a first start imports torch and onnxruntime in the forkserver; slow on a small board
 _WATCH_INTERVAL_S = 0.5  # how often a child checks that the server is still alive
-
-
-class BadRequest(Exception):
-    """A request the server refuses; carries the HTTP status and the reason sent back."""
-
-    def __init__(self, status: HTTPStatus, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ One concept per module:
 
 from netadapt.latency.calibration import OnlineCalibration
 from netadapt.latency.correction import FORMS, LEFT_OUT_TOLERANCE, Correction, fit_correction_terms
-from netadapt.latency.store import FORMAT, VERSION, table_filename
-from netadapt.latency.table import DRIFT_POLICIES, DriftReport, LatencyTable
+from netadapt.latency.store import FORMAT, VERSION, default_table_path, table_filename, table_path
+from netadapt.latency.table import DriftReport, LatencyTable
 from netadapt.latency.units import (
     UNIT_KINDS,
     Unit,
@@ -35,7 +35,6 @@ from netadapt.latency.validate import (
 )
 
 __all__ = [
-    "DRIFT_POLICIES",
     "FORMAT",
     "FORMS",
     "LEFT_OUT_TOLERANCE",
@@ -47,6 +46,7 @@ __all__ = [
     "OnlineCalibration",
     "Unit",
     "boundary_millions",
+    "default_table_path",
     "calibration_specs",
     "first_iteration_specs",
     "fit_correction_terms",
@@ -54,6 +54,7 @@ __all__ = [
     "random_subnetwork",
     "summarize_validation",
     "table_filename",
+    "table_path",
     "trajectory",
     "trajectory_specs",
     "unit_module",

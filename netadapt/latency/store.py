@@ -21,13 +21,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mobilenetv3.fileio import InputError, atomic_write_text, load_json, read_text
-from netadapt.config import STATISTICS
+from netadapt.io import InputError, atomic_write_text, load_json, read_text
+from netadapt.cache import cache_dir
 from netadapt.errors import LatencyTableError, quote
 from netadapt.latency.correction import Correction
 from netadapt.latency.units import UNIT_KINDS, Unit
+from netadapt.types import STATISTICS
 
-__all__ = ["COLUMNS", "FORMAT", "STAT_COLUMNS", "VERSION", "TableFile", "read_table", "table_filename", "write_table"]
+__all__ = ["COLUMNS", "FORMAT", "STAT_COLUMNS", "VERSION", "TableFile", "default_table_path", "read_table", "table_filename",
+           "table_path", "write_table"]
 
 FORMAT = "netadapt-lut"
 # 2: entries carry quiet_ms (the lowest round median); 3: and min_ms (the fastest run);
@@ -48,6 +50,16 @@ class TableFile:
     corrections: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> Correction fields
     references: list[dict[str, Any]] = field(default_factory=list)  # {"unit": Unit fields, "figures": {stat: ms}}
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def default_table_path(fingerprint: dict[str, Any]) -> Path:
+    """<cache>/luts/<table_filename>: one file per target, which `search` and `lut` share."""
+    return cache_dir() / "luts" / table_filename(fingerprint)
+
+
+def table_path(configured: str | None, fingerprint: dict[str, Any]) -> Path:
+    """The table a search or `lut` command uses: `lut.table` where set, else the target's default."""
+    return Path(configured) if configured else default_table_path(fingerprint)
 
 
 def table_filename(fingerprint: dict[str, Any]) -> str:

@@ -32,19 +32,20 @@ from mobilenetv3 import NetSpec, build
 from netadapt.benchmark import (
     DEFAULT_STATISTIC,
     MAX_INTERLEAVED,
-    STATISTICS,
     Measurement,
     Measurer,
     best_of,
     measure_all,
+    measure_onnx_passes,
 )
 from netadapt.errors import LatencyTableError, quote
 from netadapt.latency.correction import Correction, fit_correction_terms
 from netadapt.latency.store import STAT_COLUMNS, TableFile, read_table, write_table
 from netadapt.latency.units import Unit, network_key, unit_onnx, units_boundary_millions, units_of, weights_millions
 from netadapt.onnx_export import onnx_bytes
+from netadapt.types import DRIFT_CHECKS, STATISTICS
 
-__all__ = ["DRIFT_POLICIES", "DriftReport", "LatencyTable", "REFERENCE_UNITS"]
+__all__ = ["DriftReport", "LatencyTable", "REFERENCE_UNITS"]
 
 REFERENCE_UNITS = 3  # units measured in every batch to gauge the machine's state
 REFERENCE_PASSES = 3  # sessions whose best sets each reference's figure when a table is created
@@ -53,7 +54,6 @@ REFERENCE_PASSES = 3  # sessions whose best sets each reference's figure when a 
 # while the rest of the batch does not (benchmarks/results/search_latency/README.md).
 GAUGE_TOLERANCE = 0.10
 GAUGE_RETRIES = 2
-DRIFT_POLICIES = ("remeasure", "refuse", "off")
 # The figures a gauge is computed for; p90 and mean follow the median's.
 _GAUGED = {"quiet_ms": "quiet", "min_ms": "min", "median_ms": "median", "p10_ms": "p10", "p90_ms": "median",
            "mean_ms": "median", "latency_ms": None}
@@ -374,8 +374,8 @@ class LatencyTable:
         raise LatencyTableError; "off": no check. The outcome is echoed
         either way, so a table is never used on a failed check silently.
         """
-        if policy not in DRIFT_POLICIES:
-            raise LatencyTableError(f"lut.drift_check must be one of {list(DRIFT_POLICIES)}, got {policy!r}")
+        if policy not in DRIFT_CHECKS:
+            raise LatencyTableError(f"lut.drift_check must be one of {list(DRIFT_CHECKS)}, got {policy!r}")
         if policy == "off" or not self.entries:
             return None
         report = self.check_drift(sample, tolerance_pct)
@@ -514,16 +514,9 @@ class LatencyTable:
         the machine's drift over a pass does not follow the specs' positions.
         """
         models = [onnx_bytes(build(spec), self.input_shape) for spec in specs]
-        order_rng = random.Random(0)
-        passes_measured = []
-        for _ in range(max(1, passes)):
-            order = list(range(len(models)))
-            order_rng.shuffle(order)
-            measured, _ = self.measure_gauged([models[i] for i in order], measurer,
-                                              candidates=self.units(specs[0]) if specs else None)
-            by_index = dict(zip(order, measured))
-            passes_measured.append([by_index[i] for i in range(len(models))])
-        return passes_measured
+        candidates = self.units(specs[0]) if specs else None
+        return measure_onnx_passes(models, measurer or self.measurer, passes,
+                                   lambda batch: self.measure_gauged(batch, measurer, candidates=candidates)[0])
 
     # ------------------------------------------------------------ prediction
     def _layout(self, spec: NetSpec) -> tuple[list[str], float, float]:

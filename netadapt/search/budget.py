@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from netadapt.benchmark import Measurer, measure_all
+from netadapt.benchmark import Measurer, measure_onnx_passes
 from netadapt.config import Config
 from netadapt.errors import ConfigError
 
@@ -99,16 +98,9 @@ class WholeFigures:
 def measure_whole(measurer: Measurer, network: bytes, base: bytes | None, passes: int) -> WholeFigures:
     """Measure `network` (and `base`, interleaved with it) in `passes` passes, each in its own seeded order."""
     start = time.perf_counter()
-    models = [network] if base is None else [network, base]
-    order_rng = random.Random(0)  # seeded: reruns measure in the same order
-    network_passes, base_passes = [], []
-    for _ in range(max(1, passes)):
-        order = list(range(len(models)))
-        order_rng.shuffle(order)
-        by_index = dict(zip(order, measure_all(measurer, [models[i] for i in order])))
-        network_passes.append(by_index[0].latency_ms)
-        base_passes.append(by_index[len(models) - 1].latency_ms)
-    return WholeFigures(tuple(network_passes), tuple(base_passes), time.perf_counter() - start)
+    measured = measure_onnx_passes([network] if base is None else [network, base], measurer, passes)
+    return WholeFigures(tuple(one[0].latency_ms for one in measured), tuple(one[-1].latency_ms for one in measured),
+                        time.perf_counter() - start)
 
 
 @dataclass(frozen=True)

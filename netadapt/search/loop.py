@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from mobilenetv3 import MobileNetV3, NetSpec, build
-from netadapt.base import cache_dir, obtain_base_model
+from netadapt.base import obtain_base_model
 from netadapt.benchmark import Measurer
 from netadapt.config import Config, check_ranges, load_config
 from netadapt.data import Dataset, load_dataset
@@ -38,7 +38,7 @@ from netadapt.groups import (
     with_width,
     without_block,
 )
-from netadapt.latency import LatencyTable, OnlineCalibration, calibration_specs, table_filename
+from netadapt.latency import LatencyTable, OnlineCalibration, calibration_specs, table_path
 from netadapt.measurers import make_measurer
 from netadapt.onnx_export import onnx_bytes
 from netadapt.rundir import HistoryRow, RunDir, SearchState
@@ -54,7 +54,7 @@ from netadapt.search.budget import (
 )
 from netadapt.search.schedule import IterationPlan, latency_reduction, plan_iteration, search_floor
 from netadapt.search.selection import candidate_score, prescreen_top, select_proposal
-from netadapt.train import evaluate, evaluate_scores, load_checkpoint, save_checkpoint, train
+from netadapt.train import evaluate, evaluate_scores, load_checkpoint, long_finetune, save_checkpoint
 
 __all__ = [
     "SearchLoop",
@@ -88,10 +88,6 @@ def validate_search_config(config: Config) -> None:
         raise ConfigError(f"model.spec: file {config.model.spec} not found")
 
 
-def input_shape(config: Config, dataset: Dataset) -> tuple[int, int, int, int]:
-    return (config.target.batch, dataset.in_channels, config.data.resolution, config.data.resolution)
-
-
 def make_executor(config: Config) -> Executor:
     if config.executor.kind == "ray":
         from netadapt.ray_executor import RayExecutor
@@ -99,10 +95,6 @@ def make_executor(config: Config) -> Executor:
         return RayExecutor(config.executor.ray_address, config.executor.cpus_per_candidate,
                            config.executor.gpus_per_candidate, config.executor.max_retries)
     return LocalExecutor()
-
-
-def default_table_path(measurer: Measurer) -> Path:
-    return cache_dir() / "luts" / table_filename(measurer.fingerprint())
 
 
 class _Search:
@@ -188,7 +180,7 @@ def run_search(
         torch.set_num_threads(config.train.threads)
 
     dataset = dataset or load_dataset(config.data)
-    shape = input_shape(config, dataset)
+    shape = config.input_shape()
     owned = measurer is None
     measurer = measurer or make_measurer(config.target, config.measure, shape,
                                          isolated=config.measure.isolation == "process")
@@ -200,8 +192,8 @@ def run_search(
 
 
 def _run(config: Config, run: RunDir, resume, executor, measurer: Measurer, dataset: Dataset, shape, progress, echo):
-    table_path = Path(config.lut.table) if config.lut.table else default_table_path(measurer)
-    table = LatencyTable.open(table_path, measurer, shape, reference_units=config.lut.reference_units)
+    lut_path = table_path(config.lut.table, measurer.fingerprint())
+    table = LatencyTable.open(lut_path, measurer, shape, reference_units=config.lut.reference_units)
     table.ensure_consistent(config.lut.drift_check, config.lut.drift_sample, config.lut.drift_tolerance_pct,
                             echo=echo, progress=progress)
     calibration = OnlineCalibration()
@@ -598,10 +590,8 @@ class SearchLoop:
         rows = list(rows or [])
         steps = config.search.long_finetune_steps
         if steps > 0:
-            long_config = replace(config.train, lr=config.train.finetune_lr)
-            train(model, dataset.train, long_config, steps, config.seed + iteration + 1, progress=search.progress,
-                  teacher=search.teacher() if config.train.distill_alpha > 0 else None)
-            model.eval()
+            long_finetune(model, dataset.train, steps, config.train, config.seed + iteration + 1, progress=search.progress,
+                          teacher=search.teacher() if config.train.distill_alpha > 0 else None)
             holdout = evaluate(model, dataset.holdout, config.train.eval_batch_size)
             test = evaluate(model, dataset.test, config.train.eval_batch_size)
             save_checkpoint(run.path / "checkpoints" / "final.pt", model)
