@@ -94,7 +94,7 @@ assert set(_OPTIMIZATION_LEVELS) == set(OPTIMIZATION_LEVELS)  # the config owns 
 # The settings that decide a figure and travel to a remote device, by the
 # config section that owns each. Connection settings (device, token, retries,
 # timeout) and the search's own (repeats, isolation) stay with the caller.
-SESSION_SETTINGS = ("provider", "threads", "inter_op_threads", "optimization_level", "allow_spinning")
+SESSION_SETTINGS = ("provider", "threads", "inter_op_threads", "optimization_level", "allow_spinning", "spin_between_runs")
 MEASURING_SETTINGS = ("warmup_runs", "min_runs", "min_seconds", "max_runs", "priority", "statistic", "windows")
 
 
@@ -214,6 +214,7 @@ class Target:
         options.graph_optimization_level = _OPTIMIZATION_LEVELS[self.session.optimization_level]
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.session.allow_spinning else "0")
+        options.add_session_config_entry("session.force_spinning_stop", "0" if self.session.spin_between_runs else "1")
         options.log_severity_level = 3  # warnings about unused initializers are noise here
         return options
 

@@ -128,6 +128,13 @@ class TargetConfig(Section):
     batch: int = 1  # batch size of the measured input
     # onnxruntime's default; spinning workers cut wake-up latency when threads > 1
     allow_spinning: bool = True
+    # With threads > 1: false stops the workers spinning when a run returns
+    # (onnxruntime's session.force_spinning_stop), so each inference starts with
+    # its pool asleep, as a request-driven app's does. Otherwise the idle pools of
+    # the sessions measured side by side spin on and slow the one being timed: on
+    # 2 threads that put whole networks 25-55% above the sum of their units
+    # (benchmarks/interleaved_spinning.py). true: a tight inference loop's figure.
+    spin_between_runs: bool = False
     # Remote devices only. The token file (or NETADAPT_DEVICE_TOKEN) holds the
     # server's bearer token; never put the token itself in a config or argument.
     token_file: str | None = None

@@ -220,3 +220,14 @@ def test_bench_measures_a_spec_file_as_the_search_would_adapt_it(tmp_path, tiny_
     assert resolve(args).spec.num_classes == 7
     args = build_parser().parse_args(["bench", "--set", f"model.spec={spec_path}", "--input", "1x3x32x32"])
     assert resolve(args).spec.num_classes == 1000
+
+
+def test_workers_stop_spinning_between_runs_unless_asked():
+    # Interleaved sessions' idle workers kept spinning and slowed the timed one
+    # (benchmarks/interleaved_spinning.py); the default stops them when a run returns.
+    default = Target.from_settings((1, 3, 32, 32), threads=2)
+    assert default.session_options().get_session_config_entry("session.force_spinning_stop") == "1"
+    hot = default.with_settings(spin_between_runs=True)
+    assert hot.session_options().get_session_config_entry("session.force_spinning_stop") == "0"
+    # A different figure, so a different table.
+    assert default.fingerprint()["spin_between_runs"] is False and default.fingerprint() != hot.fingerprint()
