@@ -49,6 +49,7 @@ __all__ = [
     "apply_overrides",
     "check_ranges",
     "from_dict",
+    "literal_choices",
     "load_config",
     "to_dict",
 ]
@@ -365,14 +366,20 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def literal_choices(hint: Any) -> tuple[Any, ...] | None:
+    """The choices of a `Literal` field type, or of a Literal inside an Optional; None for any other type."""
+    literal = next((arg for arg in (hint, *typing.get_args(hint)) if typing.get_origin(arg) is Literal), None)
+    return None if literal is None else typing.get_args(literal)
+
+
 def _check_choices(section: Any) -> None:
     """Each `Literal` field of `section` (or Optional Literal) holds one of its choices."""
     for name, hint in _hints(type(section)).items():
-        literal = next((arg for arg in (hint, *typing.get_args(hint)) if typing.get_origin(arg) is Literal), None)
+        choices = literal_choices(hint)
         value = getattr(section, name)
-        if literal is not None and value is not None and value not in typing.get_args(literal):
+        if choices is not None and value is not None and value not in choices:
             key = f"{section.SECTION}.{name}" if section.SECTION else name
-            raise ConfigError(f"{key} must be one of {list(typing.get_args(literal))}, got {quote(value)}")
+            raise ConfigError(f"{key} must be one of {list(choices)}, got {quote(value)}")
 
 
 def _check_section_ranges(section: Any, where: str, source: str | None) -> None:

@@ -17,7 +17,7 @@ import tokenize
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from netadapt import config as config_module
 from netadapt.errors import ConfigError
@@ -86,10 +86,9 @@ def _walk(section: type, prefix: str, comments: dict[tuple[str, str], str]) -> t
 
 
 def _allowed(hint: Any, interval: str | None) -> str:
-    # A Literal, or a Literal inside an Optional: its choices.
-    literal = next((arg for arg in (hint, *typing.get_args(hint)) if typing.get_origin(arg) is Literal), None)
-    if literal is not None:
-        return ", ".join(f"`{_yaml_value(value)}`" for value in typing.get_args(literal))
+    choices = config_module.literal_choices(hint)
+    if choices is not None:
+        return ", ".join(f"`{_yaml_value(value)}`" for value in choices)
     return interval or ""
 
 
