@@ -335,10 +335,14 @@ def test_correction_fit_keeps_the_search_floor_positive(tmp_path, tiny_spec):
     # The cuts whose measured sums are clearly above the floor's (with these tiny
     # units, timing noise can put a small cut's sum next to the floor's), and a
     # line through zero between the floor's sum and theirs.
+    # Four of them spread from the smallest to the largest sum, so the affine
+    # form is supported (its sums must differ by more than 5%).
     floor_raw = table.raw_sum_ms(floor)
-    cuts = [spec for spec in cuts if table.raw_sum_ms(spec) > 1.1 * floor_raw][:4]
-    assert len(cuts) == 4, "the tiny spec's cuts should mostly measure above its floor"
+    above = sorted((spec for spec in cuts if table.raw_sum_ms(spec) > 1.1 * floor_raw), key=table.raw_sum_ms)
+    assert len(above) >= 4, "the tiny spec's cuts should mostly measure above its floor"
+    cuts = [above[round(i * (len(above) - 1) / 3)] for i in range(4)]
     raw = [table.raw_sum_ms(spec) for spec in cuts]
+    assert max(raw) > 1.05 * min(raw), f"the cuts' sums {raw} should differ by more than 5%"
     zero = (floor_raw + min(raw)) / 2
     steep = [summarize([10 * (r - zero)]) for r in raw]
     table.fit_correction(cuts, measured=steep)
