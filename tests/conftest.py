@@ -96,6 +96,12 @@ def tiny_spec() -> NetSpec:
     )
 
 
+@pytest.fixture
+def searchable() -> NetSpec:
+    """`searchable_spec()`, for tests whose figures must stand clear of timing noise."""
+    return searchable_spec()
+
+
 def searchable_spec() -> NetSpec:
     """Small enough to train in seconds, wide enough that channel cuts move its
     latency well beyond measurement noise (about 8x between base and minimum)."""
