@@ -51,10 +51,9 @@ from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 import numpy as np
 import onnxruntime as ort
 
-from mobilenetv3 import NetSpec, build
+from mobilenetv3 import NetSpec
 from netadapt.config import MeasureConfig, TargetConfig
 from netadapt.errors import ConfigError
-from netadapt.onnx_export import onnx_bytes
 from netadapt.types import OPTIMIZATION_LEVELS, STATISTICS
 
 __all__ = [
@@ -468,7 +467,7 @@ def measure_spec(spec: NetSpec, measurer: Measurer, input_shape: tuple[int, int,
     """
     if input_shape[1] != spec.in_channels:
         raise ConfigError(f"input shape {input_shape} has {input_shape[1]} channels but the spec expects {spec.in_channels}")
-    return measurer.measure(onnx_bytes(build(spec), input_shape))
+    return measurer.measure(_spec_onnx(spec, input_shape))
 
 
 def measure_spec_ms(spec: NetSpec, measurer: Measurer, input_shape: tuple[int, int, int, int]) -> float:
@@ -483,7 +482,16 @@ def measure_passes(
 
     Each spec is exported once; see `measure_onnx_passes` for the passes.
     """
-    return measure_onnx_passes([onnx_bytes(build(spec), input_shape) for spec in specs], measurer, passes)
+    return measure_onnx_passes([_spec_onnx(spec, input_shape) for spec in specs], measurer, passes)
+
+
+def _spec_onnx(spec: NetSpec, input_shape: tuple[int, int, int, int]) -> bytes:
+    # Imported here, not at the top: the device server and its measuring child
+    # import this module to measure ONNX bytes, and must start without torch.
+    from mobilenetv3 import build
+    from netadapt.onnx_export import onnx_bytes
+
+    return onnx_bytes(build(spec), input_shape)
 
 
 def measure_onnx_passes(

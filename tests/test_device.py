@@ -57,15 +57,21 @@ class Server:
 
 
 def start_server(log: Path, *args: str, token_env: bool = True, port: int = 0, cwd: Path | None = None,
-                 max_open_files: int | None = None) -> Server:
-    """Start `netadapt device serve` and wait for its 'listening on' line (the real port)."""
+                 max_open_files: int | None = None, prelude: str = "") -> Server:
+    """Start `netadapt device serve` and wait for its 'listening on' line (the real port).
+
+    `prelude`: Python statements the server's process runs before the CLI (a fault to inject).
+    """
     env = {k: v for k, v in os.environ.items() if k != "NETADAPT_DEVICE_TOKEN"}
     if token_env:
         env["NETADAPT_DEVICE_TOKEN"] = TOKEN
     # The checkout under test, wherever the server's cwd is.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["PYTHONFAULTHANDLER"] = "1"  # a server killed with SIGABRT writes every thread's stack to its log
-    command = [sys.executable, "-m", "netadapt.cli.main", "device", "serve", "--port", str(port), *args]
+    entry = ["-m", "netadapt.cli.main"]
+    if prelude:
+        entry = ["-c", f"{prelude}\nimport sys\nfrom netadapt.cli.main import main\nsys.exit(main(sys.argv[1:]))"]
+    command = [sys.executable, *entry, "device", "serve", "--port", str(port), *args]
 
     def limit_open_files() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (max_open_files, max_open_files))
@@ -74,7 +80,7 @@ def start_server(log: Path, *args: str, token_env: bool = True, port: int = 0, c
                                preexec_fn=limit_open_files if max_open_files else None)
     selector = selectors.DefaultSelector()
     selector.register(process.stdout, selectors.EVENT_READ)
-    if not selector.select(timeout=120):  # a hang, not a timing: startup imports torch
+    if not selector.select(timeout=120):  # a hang, not a timing: startup imports onnxruntime
         process.kill()
         raise RuntimeError(f"device server printed nothing; log: {log.read_text()}")
     line = process.stdout.readline()
@@ -809,6 +815,23 @@ def test_ctrl_c_ends_the_server_during_a_measurement(tmp_path):
     else:
         os.kill(child, signal.SIGKILL)
         pytest.fail("the measuring process outlived the server")
+
+
+def test_ctrl_c_ends_the_server_even_when_an_exit_hook_hangs(tmp_path):
+    # A library's exit hook that never returns (an unbounded join at interpreter exit) must
+    # not keep a stopped server alive: `device serve` leaves without running exit hooks.
+    hang = "import atexit, threading\natexit.register(threading.Event().wait)"
+    running = start_server(tmp_path / "server.log", prelude=hang)
+    try:
+        running.process.send_signal(signal.SIGINT)
+        try:
+            code = running.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the server outlived Ctrl-C by 30 s; its state:\n{post_mortem(running)}")
+    finally:
+        if running.process.poll() is None:
+            running.process.kill()
+    assert code == 0 and "stopped" in running.log_text()
 
 
 # ------------------------------------------------------------ server flags

@@ -64,3 +64,11 @@ def test_the_device_client_imports_neither_the_server_nor_its_worker():
     loaded = _modules_after("import netadapt.device.client")
     assert "netadapt.device.protocol" in loaded
     assert not {"netadapt.device.server", "netadapt.device.worker", "netadapt.device.limits"} & loaded
+
+
+def test_the_device_server_and_its_measuring_child_start_without_torch():
+    # The server runs on the device (a phone, a board): it measures ONNX bytes and never needs torch,
+    # whose import took most of its start-up and a few hundred MB in the server and in its child.
+    loaded = _modules_after("import netadapt.cli.device, netadapt.device.server, netadapt.device.worker")
+    assert "onnxruntime" in loaded
+    assert "torch" not in {name.split(".")[0] for name in loaded}

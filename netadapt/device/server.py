@@ -663,8 +663,8 @@ def serve(host: str = "127.0.0.1", port: int = 8765, token: str | None = None, l
         # SIGTERM takes the same way out as Ctrl-C, through `server_close`.
         signal.signal(signal.SIGTERM, _interrupt)
     server.warm_up()
-    print(f"listening on http://{shown}:{bound_port} (measurements run one at a time)", flush=True)
-    try:
+    try:  # from the "listening" line on, Ctrl-C takes the way out below
+        print(f"listening on http://{shown}:{bound_port} (measurements run one at a time)", flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         log.info("interrupted: stopping")
