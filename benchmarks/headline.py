@@ -373,6 +373,14 @@ def search(path: Path, config: Config, dataset: Dataset, budget_ms: float, progr
     timing = path / "search_s.json"
     state = run.read_state() if run.state_path.is_file() else None
     spent = float(read_json(timing)["search_s"]) if timing.is_file() else (0.0 if state is None else math.nan)
+    if state is not None:
+        # A folder reused for another budget (an ablation at another width in the same --work)
+        # would hand back networks searched for the wrong budget.
+        recorded = load_config(run.config_path).search.budget_ms
+        if recorded is None or not math.isclose(recorded, budget_ms, rel_tol=1e-9):
+            raise ConfigError(
+                f"{run.path} holds a search to {recorded} ms, not to {budget_ms:.6g} ms: give this run "
+                f"its own --work, or remove {run.path} to search again")
     start = time.perf_counter()
     if state is not None and state.finished:
         print(f"search: finished before in {run.path}")

@@ -104,3 +104,10 @@ def test_headline_quick_runs_every_step_and_resumes_without_retraining(tmp_path)
     if not math.isnan(ablation["diff_pts"].iloc[1]):
         row = ablation.iloc[1]
         assert row.ci_low_pts <= row.diff_pts <= row.ci_high_pts
+
+    # The work folder's searches were made for their budgets: another budget is refused, naming the folder.
+    state_before = (work / "search" / "state.json").read_bytes()
+    other = headline(tmp_path, *arguments, "--search-margin", "0.9")
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert f"{work / 'search'} holds a search to" in other.stderr and "its own --work" in other.stderr
+    assert (work / "search" / "state.json").read_bytes() == state_before
