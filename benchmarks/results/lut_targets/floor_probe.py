@@ -8,18 +8,18 @@ import json
 from pathlib import Path
 import pandas as pd
 from mobilenetv3 import NetSpec
-from netadapt.benchmark import Target, LocalMeasurer, measure_passes
+from netadapt.benchmark import LocalMeasurer, Target, measure_best_of
 
 rows = pd.read_csv(Path(__file__).with_name("validate-2026-12-02-small-28-2-spin-stop.csv"))
-picked = {"floor (row 35)": 35, "near floor (row 26)": 26, "mid trajectory (row 31)": 31, "random (row 5)": 5, "random (row 8)": 8, "trajectory top (row 28)": 28}
+picked = {"floor (row 35)": 35, "near floor (row 26)": 26, "mid trajectory (row 31)": 31,
+          "random (row 5)": 5, "random (row 8)": 8, "trajectory top (row 28)": 28}
 specs = {name: NetSpec.from_dict(json.loads(rows.loc[i, "spec"])) for name, i in picked.items()}
 shape = (1, 1, 28, 28)
 results = {}
 for label, settings in [("1 thread", dict(threads=1)), ("2 threads, stop", dict(threads=2, spin_between_runs=False)),
                         ("2 threads, spinning", dict(threads=2, spin_between_runs=True))]:
     measurer = LocalMeasurer(Target.from_settings(shape, **settings))
-    passes = measure_passes(list(specs.values()), measurer, shape, 4)
-    results[label] = [min(p[i].latency_ms for p in passes) for i in range(len(specs))]
+    results[label] = [m.latency_ms for m in measure_best_of(list(specs.values()), measurer, shape, passes=4)]
 frame = pd.DataFrame(results, index=list(specs))
 frame["2-stop / 1"] = frame["2 threads, stop"] / frame["1 thread"]
 frame["2-spin / 1"] = frame["2 threads, spinning"] / frame["1 thread"]
