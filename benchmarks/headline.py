@@ -88,7 +88,8 @@ from netadapt.measurers import make_measurer
 from netadapt.onnx_export import onnx_bytes
 from netadapt.rundir import RunDir
 from netadapt.search import run_search
-from netadapt.train import evaluate, load_checkpoint, save_checkpoint, train
+from netadapt.checkpoint import load_checkpoint, save_checkpoint
+from netadapt.train import evaluate, train
 
 COMPARISON_COLUMNS = ["budget_ms", "multiplier", "multiplier_ms", "multiplier_acc", "netadapt_ms", "netadapt_acc",
                       "acc_gain_pts", "ci_low_pts", "ci_high_pts", "speedup_at_matched_acc"]

@@ -11,7 +11,8 @@ from netadapt.cache import cache_dir
 from netadapt.config import Config, to_dict
 from netadapt.data import Dataset
 from netadapt.errors import ConfigError
-from netadapt.train import base_spec, evaluate, load_checkpoint, save_checkpoint, train
+from netadapt.checkpoint import load_checkpoint, save_checkpoint
+from netadapt.train import base_spec, evaluate, train
 
 __all__ = ["base_cache_key", "obtain_base_model"]
 

@@ -35,7 +35,8 @@ from netadapt.errors import RunDirError
 from netadapt.measurers import make_measurer
 from netadapt.onnx_export import onnx_bytes
 from netadapt.rundir import RunDir
-from netadapt.train import evaluate, load_checkpoint, long_finetune, save_checkpoint
+from netadapt.checkpoint import load_checkpoint, save_checkpoint
+from netadapt.train import evaluate, long_finetune
 
 __all__ = ["FAMILY_COLUMNS", "Member", "export_family", "member_name", "pareto_front", "run_members"]
 

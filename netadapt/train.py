@@ -9,14 +9,11 @@ augmentation, and `torch.manual_seed(seed)` is set before the first step (for
 dropout). On CPU, a fixed seed *and a fixed thread count* give bit-identical
 weights; a different thread count may change float summation order.
 
-Checkpoints are a single `.pt` file holding plain data only - the spec as YAML
-text and a state dict - read back with `torch.load(weights_only=True)`; never
-a pickled module (the official NetAdapt code pickles whole modules).
+Checkpoints are written and read by `netadapt.checkpoint`.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
@@ -31,15 +28,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mobilenetv3 import MobileNetV3, NetSpec, build, preset
-from netadapt.io import atomic_write_bytes, atomic_write_text, load_spec
+from netadapt.checkpoint import save_checkpoint
+from netadapt.io import atomic_write_text, load_spec
 from netadapt.config import Config, ModelConfig, TrainConfig
 from netadapt.data import Dataset, Split, load_dataset
 from netadapt.errors import ConfigError, NetadaptError, RunDirError, quote
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
     "BaseTraining",
-    "CheckpointError",
     "TrainStats",
     "TrainingDiverged",
     "base_spec",
@@ -49,24 +45,15 @@ __all__ = [
     "evaluate",
     "evaluate_scores",
     "finetune",
-    "load_checkpoint",
     "long_finetune",
     "recalibrate_batchnorm",
     "torch_threads",
-    "save_checkpoint",
     "train",
     "train_base",
 ]
 
-CHECKPOINT_FORMAT = "netadapt-checkpoint/1"
-
-
 class TrainingDiverged(NetadaptError):
     """The loss became NaN or infinite; the message gives the step and the learning rate."""
-
-
-class CheckpointError(NetadaptError):
-    """A checkpoint file is missing, corrupt or not a netadapt checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -407,66 +394,6 @@ def torch_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-# --------------------------------------------------------------- checkpoints
-def save_checkpoint(path: str | Path, model: MobileNetV3) -> Path:
-    """Write `model` as one `.pt` file: format tag, spec YAML text and state dict.
-
-    The write is atomic (temporary file, fsync, rename), so a kill leaves the
-    old checkpoint or the new one.
-
-    Returns:
-        The path written.
-    """
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "spec": model.spec.to_yaml(),
-        "state_dict": {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
-    }
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    path = Path(path)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
-
-
-def load_checkpoint(path: str | Path) -> MobileNetV3:
-    """Rebuild the model saved by `save_checkpoint` (in eval mode).
-
-    Reads with `torch.load(weights_only=True)`: only tensors and plain data,
-    never code.
-
-    Raises:
-        CheckpointError: the file is missing, unreadable, not a netadapt
-            checkpoint, or its weights do not fit its spec.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found; train one with `netadapt train`")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for corrupt files (zip, pickle, EOF, runtime)
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: "
-                              f"{quote(str(error), 200)})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"{path}: not a netadapt checkpoint (format {quote(found)}, expected {CHECKPOINT_FORMAT!r})")
-    for field, kind in (("spec", str), ("state_dict", dict)):
-        if not isinstance(payload.get(field), kind):
-            raise CheckpointError(f"{path}: field {field!r} must be {'YAML text' if kind is str else 'a mapping of tensors'}, "
-                                  f"got {type(payload.get(field)).__name__}")
-    try:
-        spec = NetSpec.from_yaml(payload["spec"], where="field 'spec'")
-    except ValueError as error:  # the YAML's bounds or the spec's validation; it names the field
-        raise CheckpointError(f"{path}: {error}") from None
-    model = build(spec)
-    try:
-        model.load_state_dict(payload["state_dict"], strict=True)
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise CheckpointError(f"{path}: the weights do not fit the spec ({type(error).__name__}: "
-                              f"{quote(str(error), 300)})") from None
-    return model.eval()
 
 
 # ------------------------------------------------------------ base network

@@ -164,7 +164,8 @@ def prepared(tmp_path_factory) -> PreparedSearch:
     from netadapt.config import load_config
     from netadapt.data import load_dataset
     from netadapt.latency import calibration_specs
-    from netadapt.train import save_checkpoint, train
+    from netadapt.checkpoint import save_checkpoint
+    from netadapt.train import train
 
     root = tmp_path_factory.mktemp("search")
     spec_path = root / "searchable.yaml"

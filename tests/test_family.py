@@ -15,7 +15,7 @@ from netadapt.family import FAMILY_COLUMNS, export_family, run_members
 from netadapt.report import PLOT_HINT, report
 from netadapt.rundir import RunDir
 from netadapt.search import run_search
-from netadapt.train import load_checkpoint
+from netadapt.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")  # one worker runs this module whole (tests/conftest.py)

@@ -10,7 +10,7 @@ from netadapt.cli.main import main
 from netadapt.errors import RunDirError
 from netadapt.family import run_members
 from netadapt.rundir import HISTORY_COLUMNS, HistoryRow, RunDir, SearchState
-from netadapt.train import save_checkpoint
+from netadapt.checkpoint import save_checkpoint
 
 
 def test_create_refuses_an_existing_run(tmp_path):

@@ -36,7 +36,7 @@ from netadapt.search import (
     run_search,
     select_proposal,
 )
-from netadapt.train import load_checkpoint
+from netadapt.checkpoint import load_checkpoint
 
 LIGHT_MEASURE = ["measure.warmup_runs=2", "measure.min_runs=5", "measure.min_seconds=0.01"]
 

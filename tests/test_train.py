@@ -13,16 +13,13 @@ from mobilenetv3 import build
 from netadapt.cli.main import main
 from netadapt.config import DataConfig, TrainConfig
 from netadapt.data import Split, load_dataset
+from netadapt.checkpoint import load_checkpoint
 from netadapt.train import (
-    CHECKPOINT_FORMAT,
-    CheckpointError,
     TrainingDiverged,
     distillation_loss,
     evaluate,
     finetune,
-    load_checkpoint,
     recalibrate_batchnorm,
-    save_checkpoint,
     train,
 )
 
@@ -135,56 +132,6 @@ def test_huge_learning_rate_raises_training_diverged(tiny_spec, small_split):
     config = TrainConfig(batch_size=32, finetune_lr=1e12, bn_recalibration=0, threads=1)
     with pytest.raises(TrainingDiverged, match=r"finetune diverged at step \d+ of 30: loss is (nan|inf)"):
         finetune(build(tiny_spec), small_split, 30, config, seed=0)
-
-
-def test_checkpoint_round_trip(tiny_spec, small_split, tmp_path):
-    model = build(tiny_spec)
-    finetune(model, small_split, 2, FAST, seed=0)
-    path = save_checkpoint(tmp_path / "run" / "base.pt", model)
-    payload = torch.load(path, weights_only=True)
-    assert payload["format"] == CHECKPOINT_FORMAT and isinstance(payload["spec"], str)
-    loaded = load_checkpoint(path)
-    assert loaded.spec == tiny_spec and not loaded.training
-    model.eval()
-    images = small_split.images[:8]
-    with torch.no_grad():
-        assert torch.equal(loaded(images), model(images))
-
-
-def test_corrupt_checkpoint_is_refused(tiny_spec, tmp_path):
-    path = save_checkpoint(tmp_path / "base.pt", build(tiny_spec))
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match=r"base\.pt: not a readable checkpoint"):
-        load_checkpoint(path)
-
-
-def test_foreign_and_missing_checkpoints_are_refused(tiny_spec, tmp_path):
-    torch.save({"state_dict": build(tiny_spec).state_dict()}, tmp_path / "plain.pt")
-    with pytest.raises(CheckpointError, match=r"plain\.pt: not a netadapt checkpoint \(format None"):
-        load_checkpoint(tmp_path / "plain.pt")
-    torch.save(build(tiny_spec), tmp_path / "module.pt")  # a pickled module: weights_only refuses it
-    with pytest.raises(CheckpointError, match=r"module\.pt: not a readable checkpoint"):
-        load_checkpoint(tmp_path / "module.pt")
-    with pytest.raises(CheckpointError, match=r"absent\.pt: checkpoint not found"):
-        load_checkpoint(tmp_path / "absent.pt")
-
-
-@pytest.mark.parametrize(
-    "spec, message",
-    [
-        (7, "field 'spec' must be YAML text, got int"),
-        ("blocks: [unclosed\n", "field 'spec': not valid YAML"),
-        ("blocks: 5\n", r"field 'spec': spec is missing field\(s\)"),
-        ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-            f"a{i}: &a{i} [{', '.join([f'*a{i - 1}' if i > 1 else '*a'] * 10)}]\n" for i in range(1, 8)),
-         "field 'spec': its aliases expand to more than"),
-    ],
-)
-def test_a_checkpoint_whose_spec_is_not_a_spec_is_refused(tiny_spec, tmp_path, spec, message):
-    payload = {"format": CHECKPOINT_FORMAT, "spec": spec, "state_dict": build(tiny_spec).state_dict()}
-    torch.save(payload, tmp_path / "base.pt")
-    with pytest.raises(CheckpointError, match=rf"base\.pt: {message}"):
-        load_checkpoint(tmp_path / "base.pt")
 
 
 def test_short_training_on_embedded_data_beats_chance_widely(tiny_spec, embedded):

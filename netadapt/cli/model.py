@@ -1,4 +1,4 @@
-"""`netadapt model show` and `netadapt model export`."""
+"""`netadapt model show`, `netadapt model export` and `netadapt model import`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from netadapt.cli.common import MAX_SIDE, add_preset_arguments, parse_input_shape, spec_from_preset_arguments
 from netadapt.errors import ConfigError
 from netadapt.io import load_spec
+from netadapt.types import PRESETS
 
 if TYPE_CHECKING:
     from mobilenetv3 import NetSpec
@@ -31,6 +32,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--out", required=True, metavar="FILE", help="output .onnx path")
     export.add_argument("--input", default="1x3x224x224", metavar="NxCxHxW", help="input shape")
     export.set_defaults(handler=export_command)
+
+    imported = commands.add_parser(
+        "import", help="convert a torchvision MobileNetV3 state dict into a netadapt checkpoint",
+        description="Convert torch.save(model.state_dict(), FILE) of torchvision's mobilenet_v3_large/small "
+                    "into a netadapt checkpoint; start a search from it with --set model.checkpoint=OUT.")
+    imported.add_argument("file", metavar="FILE", help="the torchvision state dict (.pt/.pth)")
+    imported.add_argument("--preset", choices=PRESETS, required=True, help="the torchvision model: large or small")
+    imported.add_argument("--width", type=float, default=1.0, help="torchvision's width_mult (default 1.0)")
+    imported.add_argument("--num-classes", type=int, metavar="N",
+                          help="classes of the new network; a count other than the file's re-initialises "
+                               "the classifier's last layer (default: the file's)")
+    imported.add_argument("--seed", type=int, default=0, help="seeds a re-initialised classifier layer (default 0)")
+    imported.add_argument("--out", required=True, metavar="FILE", help="the netadapt checkpoint to write (base.pt)")
+    imported.set_defaults(handler=import_command)
 
 
 def _spec(args: argparse.Namespace, in_channels: int) -> NetSpec:
@@ -81,4 +96,15 @@ def export_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"--input has {shape[1]} channels but the spec expects {spec.in_channels}")
     path = export_onnx(build(spec), args.out, shape)
     print(f"wrote {path} ({spec.name or 'spec'}, input {args.input})")
+    return 0
+
+
+def import_command(args: argparse.Namespace) -> int:
+    from netadapt.checkpoint import import_torchvision, save_checkpoint
+
+    model = import_torchvision(args.file, args.preset, width=args.width, num_classes=args.num_classes, seed=args.seed)
+    path = save_checkpoint(args.out, model)
+    spec = model.spec
+    print(f"wrote {path}: {spec.name}, {model.num_params():,} parameters, {spec.in_channels} input channels, "
+          f"{spec.num_classes} classes; search from it with --set model.checkpoint={path}")
     return 0

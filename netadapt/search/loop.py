@@ -54,7 +54,8 @@ from netadapt.search.budget import (
 )
 from netadapt.search.schedule import IterationPlan, latency_reduction, plan_iteration, search_floor
 from netadapt.search.selection import candidate_score, prescreen_top, select_proposal
-from netadapt.train import evaluate, evaluate_scores, load_checkpoint, long_finetune, save_checkpoint
+from netadapt.checkpoint import load_checkpoint, save_checkpoint
+from netadapt.train import evaluate, evaluate_scores, long_finetune
 
 __all__ = [
     "SearchLoop",
