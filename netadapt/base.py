@@ -10,6 +10,7 @@ from mobilenetv3 import MobileNetV3, NetSpec, build
 from netadapt.cache import cache_dir
 from netadapt.config import Config, to_dict
 from netadapt.data import Dataset
+from netadapt.devices import resolve_device
 from netadapt.errors import ConfigError
 from netadapt.checkpoint import load_checkpoint, save_checkpoint
 from netadapt.train import base_spec, evaluate, train
@@ -20,6 +21,9 @@ __all__ = ["base_cache_key", "obtain_base_model"]
 # TrainConfig fields that never reach the base network's training: evaluation and
 # threads, and the fine-tunes' own settings (a new fine-tune setting must not retrain the base).
 _NOT_BASE_TRAINING = ("eval_batch_size", "threads", "finetune_lr", "distill_alpha", "distill_temperature")
+_PLACEMENT = ("device", "precision", "deterministic")  # (see base_cache_key)
+# DataConfig fields that change how images are held, not which images or how they look.
+_NOT_BASE_DATA = ("cache", "workers", "memory_budget_gb")
 
 
 def base_cache_key(config: Config, spec: NetSpec, holdout_images: int) -> str:
@@ -30,13 +34,19 @@ def base_cache_key(config: Config, spec: NetSpec, holdout_images: int) -> str:
     """
     relevant = {
         "spec": spec.to_dict(),
-        "data": {**to_dict(config.data), "holdout": holdout_images},
-        "train": {k: v for k, v in to_dict(config.train).items() if k not in _NOT_BASE_TRAINING},
+        "data": {k: v for k, v in {**to_dict(config.data), "holdout": holdout_images}.items()
+                 if k not in _NOT_BASE_DATA},
+        "train": {k: v for k, v in to_dict(config.train).items() if k not in _NOT_BASE_TRAINING + _PLACEMENT},
         "seed": config.seed,
         # Version 2: the initial weights are seeded by config.seed (build(spec, seed)), no longer drawn
         # from whatever state the process's generator was in; bases cached before are not reused.
         "init": 2,
     }
+    # Where it trains changes float summation, so a GPU or a lower precision is a
+    # key of its own; the CPU in fp32 adds nothing, keeping keys cached before.
+    placement = (resolve_device(config.train.device).type, config.train.precision)
+    if placement != ("cpu", "fp32"):
+        relevant["placement"] = list(placement)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -63,7 +73,8 @@ def obtain_base_model(config: Config, dataset: Dataset, progress: bool = True, l
     log(f"base network: training {spec.name or 'spec'} for {config.train.steps} steps (cached for later runs)")
     model = build(spec, seed=config.seed)
     stats = train(model, dataset.train, config.train, config.train.steps, config.seed, progress=progress)
-    accuracy = evaluate(model, dataset.holdout, config.train.eval_batch_size)
+    accuracy = evaluate(model, dataset.holdout, config.train.eval_batch_size,
+                        device=config.train.device, precision=config.train.precision)
     log(f"base network: trained in {stats.seconds:.0f} s ({stats.images_per_second:.0f} images/s), "
         f"holdout accuracy {accuracy:.2%}")
     save_checkpoint(path, model)

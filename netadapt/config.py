@@ -24,11 +24,13 @@ from netadapt.io import InputError, load_yaml, read_text
 from netadapt.errors import ConfigError, quote
 from netadapt.types import (
     CHANNEL_COUNTS,
+    DATA_CACHES,
     DATASETS,
     DRIFT_CHECKS,
     EXECUTOR_KINDS,
     ISOLATIONS,
     OPTIMIZATION_LEVELS,
+    PRECISIONS,
     PRESETS,
     PRIORITIES,
     SCORES,
@@ -107,6 +109,13 @@ class DataConfig(Section):
     # candidates apart where the data allows it.
     holdout: int | None = None
     split_seed: int = 0  # fixes the holdout split independently of the training seed
+    # How a folder data set is held: "memory" decodes every image once into float32
+    # tensors; "stream" keeps only the file list and decodes each batch in `workers`
+    # processes; "auto" streams when the decoded splits would pass `memory_budget_gb`.
+    # The other data sets are already in memory as bytes, and stay there.
+    cache: Literal[DATA_CACHES] = "auto"
+    workers: int = 4  # decoding processes of a streamed data set (0: in the training process)
+    memory_budget_gb: float = 4.0  # (see cache)
 
     SECTION: ClassVar[str] = "data"
     RANGES: ClassVar[dict[str, str]] = {
@@ -115,6 +124,8 @@ class DataConfig(Section):
         "std": "(0, inf)",
         "holdout": "[1, inf)",  # NetAdapt decides on it; null: automatic
         "split_seed": SEED_RANGE,
+        "workers": "[0, 256]",
+        "memory_budget_gb": "(0, inf)",
     }
 
 
@@ -245,6 +256,15 @@ class TrainConfig(Section):
     bn_recalibration: int = 1024
     eval_batch_size: int = 512  # images per forward pass when scoring; memory only, not the result
     threads: int = 0  # torch intra-op threads for training; 0: torch's default
+    # Where training, fine-tunes, BN recalibration and scoring run: auto (CUDA when
+    # present, else the CPU), cpu, cuda, cuda:N or mps. Ray candidates with
+    # executor.gpus_per_candidate > 0 train on the GPU Ray assigns them instead.
+    device: str = "auto"
+    # bf16/fp16 autocast the forward and loss (fp16 with a loss scaler); weights stay float32.
+    precision: Literal[PRECISIONS] = "fp32"
+    # Deterministic kernels on CUDA (torch.use_deterministic_algorithms), at a speed
+    # cost; the CPU is deterministic for a seed and thread count either way.
+    deterministic: bool = False
 
     SECTION: ClassVar[str] = "train"
     RANGES: ClassVar[dict[str, str]] = {
@@ -253,6 +273,12 @@ class TrainConfig(Section):
         "finetune_lr": "(0, inf)", "distill_alpha": "[0, 1]", "distill_temperature": "(0, inf)",
         "bn_recalibration": "[0, inf)", "eval_batch_size": "[1, inf)", "threads": "[0, inf)",
     }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from netadapt.devices import check_device_name  # the name only; the hardware is checked when training starts
+
+        check_device_name(self.device, "train.device")
 
 
 @dataclass

@@ -151,13 +151,15 @@ def _evaluate_candidate(context: IterationContext, task: CandidateTask) -> Candi
             finetune(pruned, context.train, context.finetune_steps, context.train_config, task.seed,
                      teacher=context.teacher())
         elif context.train_config.bn_recalibration > 0:
-            recalibrate_batchnorm(pruned, context.train, context.train_config.bn_recalibration, context.eval_batch_size)
+            recalibrate_batchnorm(pruned, context.train, context.train_config.bn_recalibration, context.eval_batch_size,
+                                  device=context.train_config.device, precision=context.train_config.precision)
     except TrainingDiverged as error:
         return CandidateResult(task, "failed", f"diverged: {error}", surgery_s=surgery_s,
                                finetune_s=time.perf_counter() - start)
     finetune_s = time.perf_counter() - start
     start = time.perf_counter()
-    scores = evaluate_scores(pruned, context.holdout, context.eval_batch_size)
+    scores = evaluate_scores(pruned, context.holdout, context.eval_batch_size, device=context.train_config.device,
+                             precision=context.train_config.precision)
     eval_s = time.perf_counter() - start
     weights = {k: v.detach().clone() for k, v in pruned.state_dict().items()} if context.keep_weights else None
     return CandidateResult(

@@ -36,6 +36,7 @@ from netadapt.measurers import make_measurer
 from netadapt.onnx_export import onnx_bytes
 from netadapt.rundir import RunDir
 from netadapt.checkpoint import load_checkpoint, save_checkpoint
+from netadapt.devices import resolve_device
 from netadapt.train import evaluate, long_finetune
 
 __all__ = ["FAMILY_COLUMNS", "Member", "export_family", "member_name", "pareto_front", "run_members"]
@@ -154,6 +155,8 @@ def export_family(
     run = RunDir(run_path)
     run.require_existing()
     config: Config = load_config(run.config_path)
+    if long_finetune_steps > 0:
+        resolve_device(config.train.device)  # a GPU this machine lacks is refused before any work
     members = run_members(run)
     dataset = dataset or load_dataset(config.data)
     shape = config.input_shape()
@@ -169,13 +172,16 @@ def export_family(
     for member in members:
         model = load_checkpoint(member.checkpoint).eval()
         search_holdout = member.holdout_acc
-        search_test = evaluate(model, dataset.test, config.train.eval_batch_size)
+        search_test = evaluate(model, dataset.test, config.train.eval_batch_size, device=config.train.device,
+                               precision=config.train.precision)
         holdout, test = search_holdout, search_test
         if long_finetune_steps > 0:
             long_finetune(model, dataset.train, long_finetune_steps, config.train, config.seed + 1000 + member.iteration,
                           progress=progress, teacher=teacher)
-            holdout = evaluate(model, dataset.holdout, config.train.eval_batch_size)
-            test = evaluate(model, dataset.test, config.train.eval_batch_size)
+            holdout = evaluate(model, dataset.holdout, config.train.eval_batch_size, device=config.train.device,
+                               precision=config.train.precision)
+            test = evaluate(model, dataset.test, config.train.eval_batch_size, device=config.train.device,
+                            precision=config.train.precision)
         data = onnx_bytes(model, shape)
         difference = _max_abs_diff(model, data, check_images)
         if difference > 1e-4:

@@ -7,7 +7,12 @@ optionally crops and flips it on the tensor, and runs forward/backward.
 Determinism: a `torch.Generator` seeded from `seed` drives batch sampling and
 augmentation, and `torch.manual_seed(seed)` is set before the first step (for
 dropout). On CPU, a fixed seed *and a fixed thread count* give bit-identical
-weights; a different thread count may change float summation order.
+weights; a different thread count may change float summation order. On CUDA,
+see `netadapt.devices` and `train.deterministic`.
+
+Devices: every function here runs on `train.device` (`resolve_device`) in
+`train.precision`, and gives the model back on the device it came in on, so
+callers, surgery and checkpoints only ever see CPU weights.
 
 Checkpoints are written and read by `netadapt.checkpoint`.
 """
@@ -32,6 +37,7 @@ from netadapt.checkpoint import save_checkpoint
 from netadapt.io import atomic_write_text, load_spec
 from netadapt.config import Config, ModelConfig, TrainConfig
 from netadapt.data import Dataset, Split, load_dataset
+from netadapt.devices import autocast, deterministic_algorithms, grad_scaler, resolve_device
 from netadapt.errors import ConfigError, NetadaptError, RunDirError, quote
 
 __all__ = [
@@ -195,7 +201,8 @@ class Scores:
 
 
 @torch.no_grad()
-def evaluate_scores(model: MobileNetV3, split: Split, batch_size: int = 512, progress: bool = False) -> Scores:
+def evaluate_scores(model: MobileNetV3, split: Split, batch_size: int = 512, progress: bool = False,
+                    device: str = "cpu", precision: str = "fp32") -> Scores:
     """Top-1 accuracy and mean cross-entropy of `model` on `split`, in one pass.
 
     The loss is a smoother score than accuracy on a small holdout: it moves
@@ -207,27 +214,44 @@ def evaluate_scores(model: MobileNetV3, split: Split, batch_size: int = 512, pro
         split: the images to classify (holdout for decisions, test for reports).
         batch_size: images per forward pass.
         progress: show a tqdm bar.
+        device: a `train.device` name; the model comes back where it was.
+        precision: a `train.precision`; the loss is summed in float32 either way.
     """
     if len(split) == 0:
         raise ValueError("evaluate() needs a non-empty split")
     was_training = model.training
-    model.eval()
+    target = resolve_device(device)
+    home = _device_of(model)
+    model.eval().to(target)
     correct, loss = 0, 0.0
     try:
         starts = range(0, len(split), batch_size)
         for start in tqdm(starts, desc="evaluate", unit="batch", disable=not progress, leave=False):
-            labels = split.labels[start : start + batch_size]
-            logits = model(split.images[start : start + batch_size])
+            labels = split.labels[start : start + batch_size].to(target)
+            with autocast(target, precision):
+                logits = model(_to_device(split.images[start : start + batch_size], target)).float()
             correct += int((logits.argmax(dim=1) == labels).sum())
             loss += float(F.cross_entropy(logits, labels, reduction="sum"))
     finally:
-        model.train(was_training)
+        model.train(was_training).to(home)
     return Scores(accuracy=correct / len(split), loss=loss / len(split))
 
 
-def evaluate(model: MobileNetV3, split: Split, batch_size: int = 512, progress: bool = False) -> float:
+def evaluate(model: MobileNetV3, split: Split, batch_size: int = 512, progress: bool = False,
+             device: str = "cpu", precision: str = "fp32") -> float:
     """Top-1 accuracy of `model` on `split`, in [0, 1] (`evaluate_scores(...).accuracy`)."""
-    return evaluate_scores(model, split, batch_size, progress).accuracy
+    return evaluate_scores(model, split, batch_size, progress, device, precision).accuracy
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` on `device`; to CUDA through pinned memory, so the copy runs asynchronously."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def _run(
@@ -262,10 +286,13 @@ def _run(
     batches = _batches(split, batch_size, generator, config.crop_padding, config.flip)
     recent: list[float] = []
     data_seconds = 0.0
-    model.train()
+    device = resolve_device(config.device)
+    home = _device_of(model)
+    scaler = grad_scaler(device, config.precision)
+    model.train().to(device)
     if teacher is not None:
-        teacher.eval()  # its running BatchNorm statistics, no dropout
-    with torch_threads(config.threads):
+        teacher.eval().to(device)  # its running BatchNorm statistics, no dropout
+    with torch_threads(config.threads), deterministic_algorithms(config.deterministic):
         start = time.perf_counter()
         bar = tqdm(total=steps, desc=description, unit="step", disable=not progress, leave=progress)
         try:
@@ -275,13 +302,17 @@ def _run(
                     group["lr"] = lr
                 data_start = time.perf_counter()
                 images, labels = next(batches)
+                images, labels = _to_device(images, device), labels.to(device)
                 data_seconds += time.perf_counter() - data_start
+                with autocast(device, config.precision):
+                    logits = model(images).float()  # the loss in float32 whatever the precision
+                    if teacher is not None:
+                        with torch.no_grad():
+                            teacher_logits = teacher(images).float()
                 if teacher is None:
-                    loss = F.cross_entropy(model(images), labels, label_smoothing=config.label_smoothing)
+                    loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
                 else:
-                    with torch.no_grad():
-                        teacher_logits = teacher(images)
-                    loss = distillation_loss(model(images), teacher_logits, labels, config.distill_alpha,
+                    loss = distillation_loss(logits, teacher_logits, labels, config.distill_alpha,
                                              config.distill_temperature, config.label_smoothing)
                 value = loss.item()
                 if not math.isfinite(value):
@@ -290,8 +321,9 @@ def _run(
                         f"lower train.{'lr' if description == 'train' else 'finetune_lr'}"
                     )
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()  # the scaler passes through unless precision is fp16
+                scaler.step(optimizer)
+                scaler.update()
                 recent = (recent + [value])[-50:]
                 bar.update(1)
                 if progress and step % 10 == 0:
@@ -301,7 +333,11 @@ def _run(
             bar.close()
         seconds = time.perf_counter() - start
         if steps and config.bn_recalibration > 0:
-            recalibrate_batchnorm(model, split, config.bn_recalibration, config.eval_batch_size)
+            recalibrate_batchnorm(model, split, config.bn_recalibration, config.eval_batch_size,
+                                  device=config.device, precision=config.precision)
+    model.to(home)
+    if teacher is not None:
+        teacher.to(home)
     images_seen = steps * batch_size
     return TrainStats(
         steps=steps,
@@ -315,7 +351,7 @@ def _run(
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: MobileNetV3, split: Split, images: int = 1024, batch_size: int = 512,
-                          seed: int = 0) -> None:
+                          seed: int = 0, device: str = "cpu", precision: str = "fp32") -> None:
     """Recompute every BatchNorm's running mean and variance on `images` images of `split`, drawn at random.
 
     With MobileNetV3's BN momentum of 0.01 the running statistics trail the
@@ -334,6 +370,8 @@ def recalibrate_batchnorm(model: MobileNetV3, split: Split, images: int = 1024, 
         images: how many images to average over.
         batch_size: images per forward pass.
         seed: draws the subset.
+        device: a `train.device` name; the model comes back where it was.
+        precision: a `train.precision`.
     """
     norms = [module for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -342,15 +380,19 @@ def recalibrate_batchnorm(model: MobileNetV3, split: Split, images: int = 1024, 
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # None: cumulative average over the batches seen
-    model.train()
+    target = resolve_device(device)
+    home = _device_of(model)
+    model.train().to(target)
     try:
         chosen = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[: min(images, len(split))]
         chosen = chosen.sort().values  # the same images in storage order: memory-friendly gathers
         for start in range(0, len(chosen), batch_size):
-            model(split.images[chosen[start : start + batch_size]])
+            with autocast(target, precision):
+                model(_to_device(split.images[chosen[start : start + batch_size]], target))
     finally:
         for norm, momentum in zip(norms, momenta):
             norm.momentum = momentum
+        model.to(home)
 
 
 def _batches(
@@ -471,6 +513,7 @@ def train_base(
     out_dir = Path(out_dir)
     if (out_dir / "base.pt").exists():
         raise RunDirError(f"{out_dir / 'base.pt'} already exists; choose another --out or remove it")
+    resolve_device(config.train.device)  # a GPU this machine lacks is refused before the data loads
     load_start = time.perf_counter()
     dataset = load_dataset(config.data)
     load_seconds = time.perf_counter() - load_start
@@ -488,8 +531,10 @@ def train_base(
         f"data loading {100 * stats.data_share:.1f}% of the time, final loss {stats.final_loss:.3f}"
     )
     with torch_threads(config.train.threads):
-        holdout = evaluate(model, dataset.holdout, config.train.eval_batch_size)
-        test = evaluate(model, dataset.test, config.train.eval_batch_size, progress=progress)
+        holdout = evaluate(model, dataset.holdout, config.train.eval_batch_size, device=config.train.device,
+                           precision=config.train.precision)
+        test = evaluate(model, dataset.test, config.train.eval_batch_size, progress=progress,
+                        device=config.train.device, precision=config.train.precision)
     log(f"accuracy: holdout {100 * holdout:.2f}%, test {100 * test:.2f}%")
     metrics = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

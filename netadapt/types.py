@@ -12,12 +12,14 @@ from mobilenetv3.presets import PRESETS as _PRESET_BUILDERS
 
 __all__ = [
     "CHANNEL_COUNTS",
+    "DATA_CACHES",
     "DATASETS",
     "DATASET_CLASSES",
     "DRIFT_CHECKS",
     "EXECUTOR_KINDS",
     "ISOLATIONS",
     "OPTIMIZATION_LEVELS",
+    "PRECISIONS",
     "PRESETS",
     "PRIORITIES",
     "SCORES",
@@ -31,6 +33,9 @@ DATASETS = ("embedded", "fashion-mnist", "cifar10", "folder")  # data.dataset
 # Classes of the datasets that have a fixed number; a folder dataset has as many as it has sub-folders.
 DATASET_CLASSES = {"embedded": 10, "fashion-mnist": 10, "cifar10": 10}
 CHANNEL_COUNTS = (1, 3)  # data.channels: grayscale or RGB
+DATA_CACHES = ("auto", "memory", "stream")  # data.cache: decoded in memory, or read from disk per batch
+
+PRECISIONS = ("fp32", "bf16", "fp16")  # train.precision: float32, or autocast to bfloat16 / float16
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")  # onnxruntime's graph optimisation levels
 PRIORITIES = ("normal", "high", "realtime")  # scheduling of the measuring thread

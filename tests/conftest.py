@@ -28,6 +28,16 @@ def pytest_sessionfinish(session):
     mark_worker_finished(session.config)
 
 
+def pytest_collection_modifyitems(config, items):
+    # GPU tests run where torch sees CUDA (`pytest -m gpu` selects only them) and are skipped elsewhere.
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (run `pytest -m gpu` on a GPU machine)")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="module")
 def alone_on_the_machine(request):
     """Waits until every other xdist worker has finished (at most 30 min): for wall-clock comparisons."""

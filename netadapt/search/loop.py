@@ -55,6 +55,7 @@ from netadapt.search.budget import (
 from netadapt.search.schedule import IterationPlan, latency_reduction, plan_iteration, search_floor
 from netadapt.search.selection import candidate_score, prescreen_top, select_proposal
 from netadapt.checkpoint import load_checkpoint, save_checkpoint
+from netadapt.devices import resolve_device
 from netadapt.train import evaluate, evaluate_scores, long_finetune
 
 __all__ = [
@@ -87,6 +88,7 @@ def validate_search_config(config: Config) -> None:
         raise ConfigError(f"model.checkpoint: file {config.model.checkpoint} not found")
     if config.model.spec is not None and not Path(config.model.spec).is_file():
         raise ConfigError(f"model.spec: file {config.model.spec} not found")
+    resolve_device(config.train.device)  # a GPU this machine lacks is refused before any work
 
 
 def make_executor(config: Config) -> Executor:
@@ -240,9 +242,11 @@ def _run(config: Config, run: RunDir, resume, executor, measurer: Measurer, data
         if resume is None:
             run.create(config.to_yaml())
         search = _Search(config, run, measurer, table, progress, echo, base_onnx, calibration)
-        base_scores = evaluate_scores(model, dataset.holdout, config.train.eval_batch_size)
+        base_scores = evaluate_scores(model, dataset.holdout, config.train.eval_batch_size, device=config.train.device,
+                                      precision=config.train.precision)
         base_acc = base_scores.accuracy
-        test_acc = evaluate(model, dataset.test, config.train.eval_batch_size)
+        test_acc = evaluate(model, dataset.test, config.train.eval_batch_size, device=config.train.device,
+                            precision=config.train.precision)
         search.say(f"base {model.spec.name}: {base_ms:.4f} ms measured (best of {base.passes} passes, spread "
                    f"{base.spread_pct:.1f}%; table predicted {table_base:.4f}), holdout {base_acc:.2%}, "
                    f"budget {budget_ms:.4f} ms, table {table.path}")
@@ -546,7 +550,8 @@ class SearchLoop:
         """The stop test, the online calibration and the commit of the iteration; returns the new state."""
         config, search, run = self.config, self.search, self.search.run
         iteration, winner, figures = proposals.iteration, pick.result, pick.figures
-        test_acc = evaluate(pick.model, self.dataset.test, config.train.eval_batch_size)
+        test_acc = evaluate(pick.model, self.dataset.test, config.train.eval_batch_size, device=config.train.device,
+                            precision=config.train.precision)
         decision = budget_test(config, figures, state.budget_ms)
         if abs(decision.margin_pct) < CLOSE_CALL_PCT:
             # A close call: as many passes again before it is decided, so one slow stretch cannot.
@@ -593,8 +598,10 @@ class SearchLoop:
         if steps > 0:
             long_finetune(model, dataset.train, steps, config.train, config.seed + iteration + 1, progress=search.progress,
                           teacher=search.teacher() if config.train.distill_alpha > 0 else None)
-            holdout = evaluate(model, dataset.holdout, config.train.eval_batch_size)
-            test = evaluate(model, dataset.test, config.train.eval_batch_size)
+            holdout = evaluate(model, dataset.holdout, config.train.eval_batch_size, device=config.train.device,
+                               precision=config.train.precision)
+            test = evaluate(model, dataset.test, config.train.eval_batch_size, device=config.train.device,
+                            precision=config.train.precision)
             save_checkpoint(run.path / "checkpoints" / "final.pt", model)
             model.spec.save(run.path / "checkpoints" / "final.spec.yaml")
             rows.append(HistoryRow(iteration, "final", group="", status="done", measured_ms=state.measured_ms,
