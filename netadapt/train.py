@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -225,11 +226,13 @@ def evaluate_scores(model: MobileNetV3, split: Split, batch_size: int = 512, pro
     model.eval().to(target)
     correct, loss = 0, 0.0
     try:
-        starts = range(0, len(split), batch_size)
-        for start in tqdm(starts, desc="evaluate", unit="batch", disable=not progress, leave=False):
-            labels = split.labels[start : start + batch_size].to(target)
+        index = [slice(start, start + batch_size) for start in range(0, len(split), batch_size)]
+        images = split.batches(index, pin_memory=target.type == "cuda")
+        for batch, part in tqdm(zip(images, index), total=len(index), desc="evaluate", unit="batch",
+                                disable=not progress, leave=False):
+            labels = split.labels[part].to(target)
             with autocast(target, precision):
-                logits = model(_to_device(split.images[start : start + batch_size], target)).float()
+                logits = model(_to_device(batch, target)).float()
             correct += int((logits.argmax(dim=1) == labels).sum())
             loss += float(F.cross_entropy(logits, labels, reduction="sum"))
     finally:
@@ -283,10 +286,10 @@ def _run(
         momentum=config.momentum,
         nesterov=config.momentum > 0,
     )
-    batches = _batches(split, batch_size, generator, config.crop_padding, config.flip)
+    device = resolve_device(config.device)
+    batches = _batches(split, batch_size, generator, config.crop_padding, config.flip, device.type == "cuda")
     recent: list[float] = []
     data_seconds = 0.0
-    device = resolve_device(config.device)
     home = _device_of(model)
     scaler = grad_scaler(device, config.precision)
     model.train().to(device)
@@ -386,39 +389,71 @@ def recalibrate_batchnorm(model: MobileNetV3, split: Split, images: int = 1024, 
     try:
         chosen = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[: min(images, len(split))]
         chosen = chosen.sort().values  # the same images in storage order: memory-friendly gathers
-        for start in range(0, len(chosen), batch_size):
+        index = [chosen[start : start + batch_size] for start in range(0, len(chosen), batch_size)]
+        for batch in split.batches(index, pin_memory=target.type == "cuda"):
             with autocast(target, precision):
-                model(_to_device(split.images[chosen[start : start + batch_size]], target))
+                model(_to_device(batch, target))
     finally:
         for norm, momentum in zip(norms, momenta):
             norm.momentum = momentum
         model.to(home)
 
 
-def _batches(
-    split: Split, batch_size: int, generator: torch.Generator, padding: int, flip: bool
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless shuffled batches without replacement within an epoch, augmented on the tensor."""
-    count = len(split)
+@dataclass(frozen=True)
+class _BatchPlan:
+    """One training batch, drawn before its images are read: which images, and how each is augmented."""
+
+    index: torch.Tensor
+    offsets: tuple[torch.Tensor, torch.Tensor] | None  # crop offsets (dy, dx) per image, or no crop
+    mirrored: torch.Tensor | None  # which images are flipped, or no flips
+    padding: int
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        if self.offsets is not None:
+            images = _random_crop(images, self.padding, *self.offsets)
+        if self.mirrored is not None:
+            images = torch.where(self.mirrored.view(-1, 1, 1, 1), images.flip(3), images)
+        return images
+
+
+def _plans(count: int, batch_size: int, generator: torch.Generator, padding: int, flip: bool) -> Iterator[_BatchPlan]:
+    """Endless batch plans: shuffled without replacement within an epoch, the ragged tail dropped.
+
+    Every draw comes from `generator`, in the same order whether the images
+    are in memory or streamed, so both give the same batches.
+    """
     while True:
         order = torch.randperm(count, generator=generator)
-        for start in range(0, count - batch_size + 1, batch_size):  # drop the ragged tail
-            index = order[start : start + batch_size]
-            images = split.images[index]
+        for start in range(0, count - batch_size + 1, batch_size):
+            offsets = None
             if padding > 0:
-                images = _random_crop(images, padding, generator)
-            if flip:
-                mirrored = torch.rand(batch_size, generator=generator) < 0.5
-                images = torch.where(mirrored.view(-1, 1, 1, 1), images.flip(3), images)
-            yield images, split.labels[index]
+                offsets = (torch.randint(0, 2 * padding + 1, (batch_size,), generator=generator),
+                           torch.randint(0, 2 * padding + 1, (batch_size,), generator=generator))
+            mirrored = torch.rand(batch_size, generator=generator) < 0.5 if flip else None
+            yield _BatchPlan(order[start : start + batch_size], offsets, mirrored, padding)
 
 
-def _random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Random crop after zero padding (zero = the normalised mean), one offset per image."""
+def _batches(
+    split: Split, batch_size: int, generator: torch.Generator, padding: int, flip: bool, pin_memory: bool = False
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless augmented training batches (images, labels) of `split`, as `_plans` draws them."""
+    pending: deque[_BatchPlan] = deque()
+
+    def indices() -> Iterator[torch.Tensor]:
+        # Read ahead of what has been yielded when streamed: the plans wait here, in order.
+        for plan in _plans(len(split), batch_size, generator, padding, flip):
+            pending.append(plan)
+            yield plan.index
+
+    for images in split.batches(indices(), pin_memory=pin_memory and split.streamed):
+        plan = pending.popleft()
+        yield plan.augment(images), split.labels[plan.index]
+
+
+def _random_crop(images: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Crop after zero padding (zero = the normalised mean), at offset (dy[i], dx[i]) for image i."""
     n, _, height, width = images.shape
     padded = F.pad(images, (padding, padding, padding, padding))
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
     rows = (dy.view(n, 1) + torch.arange(height)).view(n, 1, height, 1)
     cols = (dx.view(n, 1) + torch.arange(width)).view(n, 1, 1, width)
     batch = torch.arange(n).view(n, 1, 1, 1)

@@ -253,7 +253,7 @@ def test_png_without_pillow_says_what_to_install(tmp_path, monkeypatch):
     root = write_folder(tmp_path / "pets")
     (root / "cat" / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     monkeypatch.setitem(__import__("sys").modules, "PIL", None)  # import PIL now fails
-    with pytest.raises(DataError, match=r"photo\.png: \.png images need Pillow \(`pip install pillow`\)"):
+    with pytest.raises(DataError, match=r"photo\.png: \.png images need Pillow: pip install .netadapt\[images\]."):
         load_dataset(DataConfig(dataset="folder", path=str(root), holdout=2))
 
 
@@ -291,3 +291,80 @@ def test_embedded_subset_builder_is_reproducible_and_balanced(tmp_path):
         assert a["train_images"].dtype == np.uint8
     data = load_dataset(DataConfig(path=str(first), holdout=5))
     assert (len(data.train), len(data.test)) == (35, 20)
+
+
+# ----------------------------------------------------------------- streaming
+def write_png_folder(root: Path, per_class: int = 10) -> Path:
+    """A folder of RGB PNGs of different sizes, one class dark and one bright, with noise to tell images apart."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for label, (name, value) in enumerate((("cat", 40), ("dog", 190))):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            size = (14 + i % 5, 12 + i % 3)
+            pixels = np.clip(value + rng.integers(-30, 30, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, "RGB").save(root / name / f"{i}.png")
+    return root
+
+
+def folder_config(root: Path, **overrides) -> DataConfig:
+    settings = dict(dataset="folder", path=str(root), holdout=4, resolution=12, channels=3, split_seed=3)
+    return DataConfig(**{**settings, **overrides})
+
+
+def test_streamed_folder_gives_the_same_splits_as_in_memory(tmp_path):
+    root = write_png_folder(tmp_path / "pets")
+    held = load_dataset(folder_config(root, cache="memory"))
+    streamed = load_dataset(folder_config(root, cache="stream", workers=0))
+    assert not held.train.streamed and streamed.train.streamed and "streamed from disk" in streamed.source
+    for name in ("train", "holdout", "test"):
+        in_memory, from_disk = getattr(held, name), getattr(streamed, name)
+        assert torch.equal(in_memory.labels, from_disk.labels), name
+        assert from_disk.images.shape == tuple(in_memory.images.shape), name
+        assert torch.equal(in_memory.images, from_disk.images[:]), name  # decoded on demand, pixel for pixel
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_streamed_training_batches_equal_the_in_memory_ones(tmp_path, workers):
+    from netadapt.train import _batches
+
+    root = write_png_folder(tmp_path / "pets")
+    held = load_dataset(folder_config(root, cache="memory")).train
+    streamed = load_dataset(folder_config(root, cache="stream", workers=workers)).train
+    draws = [_batches(split, 5, torch.Generator().manual_seed(11), padding=2, flip=True) for split in (held, streamed)]
+    for step in range(4):  # more than one epoch of 12 images: the reshuffle and the read-ahead line up too
+        (memory_images, memory_labels), (disk_images, disk_labels) = next(draws[0]), next(draws[1])
+        assert torch.equal(memory_labels, disk_labels), step
+        assert torch.equal(memory_images, disk_images), step
+    for draw in draws:
+        draw.close()  # shuts the decoding workers down
+
+
+def test_a_finetune_on_streamed_data_matches_one_in_memory(tmp_path):
+    from netadapt.config import TrainConfig
+    from netadapt.train import finetune
+    from mobilenetv3 import build, small
+
+    root = write_png_folder(tmp_path / "pets")
+    spec = small(width=0.25, num_classes=2, in_channels=3)
+    config = TrainConfig(batch_size=4, threads=1)
+    weights = []
+    for cache in ("memory", "stream"):
+        data = load_dataset(folder_config(root, cache=cache, workers=1))
+        model = build(spec, seed=0)
+        finetune(model, data.train, steps=3, config=config, seed=5)
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(weights[0], weights[1])
+
+
+def test_auto_streams_a_folder_over_the_memory_budget(tmp_path):
+    root = write_png_folder(tmp_path / "pets")
+    # 20 images of 3x12x12 float32 are 34,560 bytes decoded: over 30 kB, under 40 kB.
+    assert load_dataset(folder_config(root, memory_budget_gb=30e-6)).train.streamed
+    assert not load_dataset(folder_config(root, memory_budget_gb=40e-6)).train.streamed
+
+
+def test_stream_is_refused_for_data_held_in_memory():
+    with pytest.raises(ConfigError, match=r"data.cache=stream .* needs data.dataset=folder; embedded"):
+        load_dataset(DataConfig(cache="stream"))

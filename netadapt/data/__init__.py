@@ -1,9 +1,12 @@
-"""Datasets as in-memory tensors: load, convert, resize and normalise once.
+"""Datasets: load, convert, resize and normalise; in memory, or streamed from disk.
 
 Every loader ends in the same `Dataset`: three `Split`s whose images are
 float32 tensors `[N, C, H, W]`, already converted to the configured channel
 count, resized to `resolution x resolution` and normalised, so that training
-only indexes tensors (the training step, not data loading, dominates).
+only indexes tensors (the training step, not data loading, dominates). A
+folder too big for that (`data.cache`, `cache_mode`) keeps its file paths
+instead, and is decoded batch by batch in worker processes
+(`netadapt.data.stream`); the splits are the same images either way.
 
 Sources (`DataConfig.dataset`):
 
@@ -15,8 +18,7 @@ Sources (`DataConfig.dataset`):
 - ``cifar10``: the binary version (`data_batch_1..5.bin`, `test_batch.bin`).
 - ``folder``: a class-per-folder tree of the user's images. PGM/PPM (binary,
   8-bit) and `.npy` decode without extra dependencies; PNG/JPEG/BMP need
-  Pillow (`pip install pillow`), which is optional: the default path never
-  decodes image files, so it is not worth a hard dependency.
+  Pillow, the `images` extra (see `netadapt.data.images`).
 
 NetAdapt decides on a *holdout* split carved, with a fixed seed, from the
 training set; the test set is only for the final report (NetAdapt, Yang et al.
@@ -29,13 +31,15 @@ import gzip
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from netadapt.config import DataConfig
-from netadapt.errors import ConfigError, DataError, quote
+from netadapt.data.images import IMAGE_EXTENSIONS, read_image, to_tensor
+from netadapt.data.stream import ImageFiles
+from netadapt.errors import ConfigError, DataError
 
 __all__ = [
     "holdout_size",
@@ -43,7 +47,9 @@ __all__ = [
     "EMBEDDED_PATH",
     "FASHION_MNIST_CLASSES",
     "Dataset",
+    "ImageFiles",
     "Split",
+    "cache_mode",
     "build_embedded_subset",
     "load_dataset",
     "read_idx",
@@ -56,7 +62,7 @@ FASHION_MNIST_CLASSES = [
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 # Inside the installed package; pyproject's package-data ships `data/*.npz`.
-EMBEDDED_PATH = Path(__file__).resolve().parent / "data" / "fashion_mnist_subset.npz"
+EMBEDDED_PATH = Path(__file__).resolve().parent / "fashion_mnist_subset.npz"
 AUTO_HOLDOUT_MIN, AUTO_HOLDOUT_MAX = 1000, 5000  # the automatic holdout's bounds (`holdout_size`)
 
 _FASHION_FILES = {
@@ -71,30 +77,47 @@ _CIFAR_HOWTO = (
     "download and unpack the binary version, cifar-10-binary.tar.gz, from https://www.cs.toronto.edu/~kriz/cifar.html"
 )
 _CIFAR_RECORD = 1 + 3 * 32 * 32  # one label byte, then 1024 R, 1024 G, 1024 B bytes
-_NATIVE_EXTENSIONS = {".pgm", ".ppm", ".npy"}
-_PILLOW_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-_LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's convert("L")
-_CHUNK = 4096  # images converted per step, bounds the float32 peak memory
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: field-wise == on tensors is ambiguous; compare by identity
 class Split:
-    """One split held in memory, ready to feed the model.
+    """One split, ready to feed the model: decoded in memory, or streamed from its files.
 
     Attributes:
-        images: float32 `[N, C, H, W]`, resized and normalised.
-        labels: int64 `[N]`, class indices.
+        images: float32 `[N, C, H, W]`, resized and normalised; or the same
+            images as `ImageFiles` (data.cache=stream), which decode when
+            indexed. Code that trains or scores goes through `batches`.
+        labels: int64 `[N]`, class indices, always in memory.
     """
 
-    images: torch.Tensor
+    images: torch.Tensor | ImageFiles
     labels: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    @property
+    def streamed(self) -> bool:
+        """True when the images are files decoded per batch (data.cache=stream)."""
+        return isinstance(self.images, ImageFiles)
+
     def subset(self, count: int) -> "Split":
         """The first `count` examples (a cheap view, for quick experiments and tests)."""
+        if isinstance(self.images, ImageFiles):
+            return Split(self.images.take(range(min(count, len(self)))), self.labels[:count])
         return Split(self.images[:count], self.labels[:count])
+
+    def batches(self, index_batches: Iterable[slice | torch.Tensor], pin_memory: bool = False) -> Iterator[torch.Tensor]:
+        """The images of each index (a slice or positions) of `index_batches`, in order.
+
+        In memory this indexes the tensor; streamed, worker processes decode
+        the files a few batches ahead. Both give the same tensors.
+        """
+        if isinstance(self.images, ImageFiles):
+            yield from self.images.batches(index_batches, pin_memory)
+            return
+        for index in index_batches:
+            yield self.images[index]
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,6 +151,11 @@ def load_dataset(config: DataConfig) -> Dataset:
             has the wrong number of entries, or the holdout is too large).
     """
     mean, std = _check_config(config)
+    if config.cache == "stream" and config.dataset != "folder":
+        raise ConfigError(
+            f"data.cache=stream reads image files from disk, so it needs data.dataset=folder; {config.dataset} "
+            "is held in memory (set data.cache to auto or memory)"
+        )
     if config.dataset == "embedded":
         raw, class_names, source = _load_embedded(Path(config.path) if config.path else EMBEDDED_PATH)
     else:
@@ -141,6 +169,9 @@ def load_dataset(config: DataConfig) -> Dataset:
         else:
             raw, class_names = _load_folder(root, config)
         source = f"{config.dataset} at {root}"
+    streamed = config.dataset == "folder" and cache_mode(config, sum(len(raw[split][1]) for split in raw)) == "stream"
+    if streamed:
+        source += f", streamed from disk ({config.workers} decoding workers)"
 
     (train_x, train_y), (test_x, test_y) = raw["train"], raw["test"]
     holdout = holdout_size(config, len(train_y))
@@ -154,12 +185,18 @@ def load_dataset(config: DataConfig) -> Dataset:
     order = torch.randperm(len(train_y), generator=generator)
     holdout_index, train_index = order[:holdout].sort().values, order[holdout:].sort().values
 
-    def prepare(images: list[np.ndarray] | np.ndarray, labels: np.ndarray, index: torch.Tensor | None) -> Split:
+    def prepare(images: list[Path] | np.ndarray, labels: np.ndarray, index: torch.Tensor | None) -> Split:
         label_tensor = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         if index is not None:
             images = [images[i] for i in index.tolist()] if isinstance(images, list) else images[index.numpy()]
             label_tensor = label_tensor[index]
-        tensor = _to_tensor(images, config.channels, config.resolution, mean, std)
+        if streamed:  # a folder's file paths, decoded per batch
+            files = ImageFiles(tuple(str(path) for path in images), config.channels, config.resolution,
+                               tuple(mean), tuple(std), config.workers)
+            return Split(files, label_tensor)
+        if isinstance(images, list):  # a folder's file paths, decoded once, here
+            images = [read_image(path) for path in images]
+        tensor = to_tensor(images, config.channels, config.resolution, mean, std)
         return Split(tensor, label_tensor)
 
     return Dataset(
@@ -260,6 +297,18 @@ def build_embedded_subset(
     return out
 
 
+def cache_mode(config: DataConfig, images: int) -> str:
+    """How a folder data set of `images` images is held: "memory" or "stream" (`data.cache`).
+
+    "auto" streams when the decoded float32 images, `images x channels x
+    resolution^2 x 4` bytes, would pass `data.memory_budget_gb`.
+    """
+    if config.cache != "auto":
+        return config.cache
+    decoded = images * config.channels * config.resolution**2 * 4
+    return "stream" if decoded > config.memory_budget_gb * 1e9 else "memory"
+
+
 def holdout_size(config: DataConfig, train_images: int) -> int:
     """`data.holdout`, or with null a twelfth of `train_images` kept within [1000, 5000].
 
@@ -273,7 +322,7 @@ def holdout_size(config: DataConfig, train_images: int) -> int:
 
 
 # ------------------------------------------------------------------- loaders
-_Raw = dict[str, tuple[np.ndarray | list[np.ndarray], np.ndarray]]
+_Raw = dict[str, tuple[np.ndarray | list[Path], np.ndarray]]  # folder data: image paths, decoded later
 
 
 def _check_config(config: DataConfig) -> tuple[list[float], list[float]]:
@@ -408,141 +457,26 @@ def _load_folder(root: Path, config: DataConfig) -> tuple[_Raw, list[str]]:
     }, class_names
 
 
-def _read_class_tree(root: Path, class_names: list[str] | None) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
+def _read_class_tree(root: Path, class_names: list[str] | None) -> tuple[list[Path], np.ndarray, list[str]]:
+    """The image files under root/<class>/, sorted, with their labels; nothing is decoded yet."""
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DataError(f"{root}: no class folders; expected one sub-folder of images per class")
     names = [folder.name for folder in folders]
     if class_names is not None and names != class_names:
         raise DataError(f"{root}: class folders {names} differ from the training classes {class_names}")
-    images: list[np.ndarray] = []
+    images: list[Path] = []
     labels: list[int] = []
     for label, folder in enumerate(folders):
         files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-        readable = [p for p in files if p.suffix.lower() in _NATIVE_EXTENSIONS | _PILLOW_EXTENSIONS]
+        readable = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
         if not readable:
             extra = f" ({len(files)} files of other types)" if files else ""
             raise DataError(
                 f"{folder}: empty class folder{extra}; each class needs at least one image "
-                f"({', '.join(sorted(_NATIVE_EXTENSIONS | _PILLOW_EXTENSIONS))})"
+                f"({', '.join(sorted(IMAGE_EXTENSIONS))})"
             )
         for path in readable:
-            images.append(_read_image(path))
+            images.append(path)
             labels.append(label)
     return images, np.array(labels, dtype=np.int64), names
-
-
-def _read_image(path: Path) -> np.ndarray:
-    """Decode one image to uint8 `[C, H, W]` (C = 1 or 3), or float32 for float .npy files."""
-    suffix = path.suffix.lower()
-    if suffix in (".pgm", ".ppm"):
-        array = _read_netpbm(path)
-    elif suffix == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as error:
-            raise DataError(f"{path}: not a readable .npy array ({error})") from None
-        if array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):
-            raise DataError(f"{path}: .npy images must be uint8 (0-255) or float (0-1), got {array.dtype}")
-    else:
-        try:
-            from PIL import Image
-        except ImportError:
-            raise DataError(
-                f"{path}: {suffix} images need Pillow (`pip install pillow`); without it use PGM/PPM or .npy files"
-            ) from None
-        try:
-            with Image.open(path) as image:
-                image = image.convert("L" if image.mode in ("1", "L", "I;16", "I", "F") else "RGB")
-                array = np.asarray(image)
-        except OSError as error:
-            raise DataError(f"{path}: cannot decode image ({error})") from None
-    if array.ndim == 2:
-        array = array[None]
-    elif array.ndim == 3 and array.shape[-1] in (1, 3) and array.shape[0] not in (1, 3):
-        array = np.moveaxis(array, -1, 0)  # HWC -> CHW
-    if array.ndim != 3 or array.shape[0] not in (1, 3) or min(array.shape[1:]) < 1:
-        raise DataError(f"{path}: expected an HxW, HxWxC or CxHxW image with 1 or 3 channels, got shape {array.shape}")
-    return array
-
-
-def _read_netpbm(path: Path) -> np.ndarray:
-    """Binary PGM (P5) or PPM (P6) with maxval <= 255."""
-    data = path.read_bytes()
-    fields: list[bytes] = []
-    position = 0
-    while len(fields) < 4:  # magic, width, height, maxval; '#' starts a comment
-        while position < len(data) and data[position : position + 1].isspace():
-            position += 1
-        if data[position : position + 1] == b"#":
-            position = data.find(b"\n", position) + 1 or len(data)
-            continue
-        start = position
-        while position < len(data) and not data[position : position + 1].isspace():
-            position += 1
-        if start == position:
-            raise DataError(f"{path}: truncated PGM/PPM header")
-        fields.append(data[start:position])
-    position += 1  # exactly one whitespace byte before the pixels
-    magic = fields[0]
-    if magic not in (b"P5", b"P6"):
-        raise DataError(f"{path}: unsupported PGM/PPM magic {quote(magic)}; only binary P5 (gray) and P6 (RGB) are read")
-    try:
-        width, height, maxval = (int(field) for field in fields[1:])
-    except ValueError:
-        raise DataError(f"{path}: malformed PGM/PPM header {quote(fields)}") from None
-    if not 0 < maxval < 256:
-        raise DataError(f"{path}: only 8-bit PGM/PPM (maxval <= 255) is supported, got maxval {maxval}")
-    channels = 1 if magic == b"P5" else 3
-    size = width * height * channels
-    pixels = np.frombuffer(data, dtype=np.uint8, count=min(size, max(len(data) - position, 0)), offset=position)
-    if pixels.size != size:
-        raise DataError(f"{path}: truncated: {width}x{height}x{channels} needs {size} pixel bytes, found {pixels.size}")
-    image = pixels.reshape(height, width, channels).transpose(2, 0, 1)
-    if maxval != 255:
-        image = (image.astype(np.float32) * (255.0 / maxval)).round().astype(np.uint8)
-    return image
-
-
-# ---------------------------------------------------------------- conversion
-def _to_tensor(
-    images: np.ndarray | list[np.ndarray],
-    channels: int,
-    resolution: int,
-    mean: list[float],
-    std: list[float],
-) -> torch.Tensor:
-    """uint8 `[N, H, W]` / `[N, C, H, W]` (or a list of `[C, H, W]`) -> normalised float32 `[N, C, r, r]`."""
-    out = torch.empty((len(images), channels, resolution, resolution), dtype=torch.float32)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    if isinstance(images, list):
-        # Image folders may mix sizes and channel counts: convert one at a time.
-        for i, image in enumerate(images):
-            out[i : i + 1] = _convert(image[None], channels, resolution, mean_t, std_t)
-        return out
-    for start in range(0, len(images), _CHUNK):
-        chunk = images[start : start + _CHUNK]
-        out[start : start + len(chunk)] = _convert(chunk, channels, resolution, mean_t, std_t)
-    return out
-
-
-def _convert(
-    chunk: np.ndarray, channels: int, resolution: int, mean: torch.Tensor, std: torch.Tensor
-) -> torch.Tensor:
-    x = torch.from_numpy(np.array(chunk))  # a writable copy: idx arrays are read-only views
-    if x.dim() == 3:
-        x = x.unsqueeze(1)  # [N, H, W] -> [N, 1, H, W]
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-    if x.shape[1] == 1 and channels == 3:
-        x = x.expand(-1, 3, -1, -1)  # gray -> RGB by repeating the channel
-    elif x.shape[1] == 3 and channels == 1:
-        weights = torch.tensor(_LUMINANCE, dtype=torch.float32).view(1, 3, 1, 1)
-        x = (x * weights).sum(dim=1, keepdim=True)
-    height, width = x.shape[-2:]
-    if (height, width) != (resolution, resolution):
-        # Antialias only when shrinking: it low-pass filters to avoid aliasing,
-        # and upsampling has nothing to alias.
-        shrink = resolution < height or resolution < width
-        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=shrink)
-    return (x - mean) / std
