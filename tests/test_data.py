@@ -368,3 +368,27 @@ def test_auto_streams_a_folder_over_the_memory_budget(tmp_path):
 def test_stream_is_refused_for_data_held_in_memory():
     with pytest.raises(ConfigError, match=r"data.cache=stream .* needs data.dataset=folder; embedded"):
         load_dataset(DataConfig(cache="stream"))
+
+
+def test_a_stream_stopped_early_leaves_the_next_one_right(tmp_path):
+    root = write_png_folder(tmp_path / "pets")
+    held = load_dataset(folder_config(root, cache="memory")).train
+    streamed = load_dataset(folder_config(root, cache="stream", workers=2)).train
+    abandoned = streamed.batches(iter([[0, 1], [2, 3], [4, 5], [6, 7]]))
+    next(abandoned)  # the workers have decoded batches ahead that nobody takes
+    abandoned.close()
+    wanted = [[5, 4, 3], [11], [0, 9]]
+    for index, batch in zip(wanted, streamed.batches(iter(wanted))):  # the same worker processes, reset
+        assert torch.equal(batch, held.images[index])
+
+
+def test_a_corrupt_file_met_while_streaming_is_named(tmp_path):
+    root = write_folder(tmp_path / "pets")
+    path = root / "dog" / "3.pgm"
+    path.write_bytes(path.read_bytes()[:-10])
+    data = load_dataset(DataConfig(dataset="folder", path=str(root), holdout=2, cache="stream", workers=1))
+    with pytest.raises(DataError, match=r"dog/3\.pgm: truncated") as caught:  # found by a worker, raised here
+        for split in (data.train, data.holdout, data.test):
+            for _ in split.batches([slice(0, len(split))]):
+                pass
+    assert "Traceback" not in str(caught.value)  # the worker's message, not DataLoader's wrapped traceback

@@ -124,3 +124,35 @@ def test_deterministic_cuda_training_repeats(tiny_spec, small_split):
     for name, tensor in runs[0].items():
         assert torch.equal(tensor, runs[1][name]), name
     assert evaluate(model, small_split, 64, device="cuda") >= 0
+
+
+def test_the_gpu_smoke_benchmark_says_it_needs_cuda_where_there_is_none():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "benchmarks" / "gpu_smoke.py"
+    hidden = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU visible, even on a machine with one
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=hidden, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "gpu_smoke needs a CUDA GPU: torch" in done.stderr and "Traceback" not in done.stderr
+
+
+@gpu
+def test_streamed_folder_trains_on_cuda_from_pinned_batches(tiny_spec, tmp_path):
+    import numpy as np
+
+    for label, value in (("cat", 40), ("dog", 200)):
+        (tmp_path / label).mkdir()
+        for i in range(20):
+            pixels = np.clip(value + np.random.default_rng(i).integers(-20, 20, (10, 10)), 0, 255).astype(np.uint8)
+            np.save(tmp_path / label / f"{i}.npy", pixels)
+    config = DataConfig(dataset="folder", path=str(tmp_path), holdout=4, resolution=16,
+                        cache="stream", workers=2)
+    data = load_dataset(config)
+    model = build(tiny_spec, seed=0)
+    stats = finetune(model, data.train, 4, TrainConfig(batch_size=8, bn_recalibration=16, threads=1, device="cuda"),
+                     seed=1)
+    assert stats.images == 32 and {parameter.device.type for parameter in model.parameters()} == {"cpu"}
+    assert 0 <= evaluate(model, data.holdout, 8, device="cuda") <= 1

@@ -18,6 +18,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 
 from netadapt.data.images import decode
+from netadapt.errors import DataError
 
 __all__ = ["ImageFiles"]
 
@@ -65,23 +66,25 @@ class ImageFiles:
         """Decode each batch of `index_batches`, in order, in `workers` processes (prefetching ahead).
 
         `index_batches` may be endless; it is read in this process, a few
-        batches ahead of what has been yielded.
+        batches ahead of what has been yielded. Stopping early is fine: the
+        batches decoded ahead are dropped when the pool is next used.
+
+        Raises:
+            DataError: a file cannot be decoded; the message names it.
         """
         if self.workers == 0:
             for index in index_batches:
                 batch = self._stack(self._positions(index))
                 yield batch.pin_memory() if pin_memory else batch
             return
-        loader = torch.utils.data.DataLoader(
-            _Decoding(self), batch_sampler=_Batches(self._positions(index) for index in index_batches),
-            num_workers=self.workers,
-            pin_memory=pin_memory, worker_init_fn=_one_thread, prefetch_factor=2,
-            # The loader draws its workers' base seed from this generator; without
-            # one it would draw from torch's global one and shift the dropout
-            # masks of the training it feeds (decoding itself is not random).
-            generator=torch.Generator().manual_seed(0),
-        )
-        yield from loader
+        paths = (self._paths_at(index) for index in index_batches)
+        yield from _pool(self.workers, self._conversion(), pin_memory).decode(paths)
+
+    def _paths_at(self, index: slice | Sequence[int]) -> list[str]:
+        return [self.paths[i] for i in self._positions(index)]
+
+    def _conversion(self) -> "_Conversion":
+        return _Conversion(self.channels, self.resolution, self.mean, self.std)
 
     def _decode(self, position: int) -> torch.Tensor:
         return decode(self.paths[position], self.channels, self.resolution, list(self.mean), list(self.std))
@@ -93,28 +96,106 @@ class ImageFiles:
         return torch.stack(images)
 
 
+@dataclass(frozen=True)
+class _Conversion:
+    """How a decoding pool's workers turn a file into a tensor (`decode`'s settings)."""
+
+    channels: int
+    resolution: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """A file a worker could not decode; sent back as data so the message reaches the caller intact."""
+
+    message: str
+
+
 class _Decoding(torch.utils.data.Dataset):
-    """The map-style dataset a DataLoader worker decodes from: position -> image tensor."""
+    """What a pool's workers index: a file path in, its image tensor (or a `_Failed`) out."""
 
-    def __init__(self, files: ImageFiles) -> None:
-        self.files = files
+    def __init__(self, conversion: _Conversion) -> None:
+        self.conversion = conversion
 
-    def __len__(self) -> int:
-        return len(self.files)
+    def __len__(self) -> int:  # the "indices" are paths, fed by `_Feed`: there is no fixed length
+        raise TypeError("a decoding pool is indexed by path")
 
-    def __getitem__(self, position: int) -> torch.Tensor:
-        return self.files._decode(position)
+    def __getitem__(self, path: str) -> torch.Tensor | _Failed:
+        c = self.conversion
+        try:
+            return decode(path, c.channels, c.resolution, list(c.mean), list(c.std))
+        except DataError as error:
+            return _Failed(str(error))
 
 
-class _Batches:
-    """An iterable of index lists for `DataLoader(batch_sampler=...)`, which needs only `__iter__`."""
+def _stack_or_failure(images: list[torch.Tensor | _Failed]) -> torch.Tensor | _Failed:
+    for image in images:
+        if isinstance(image, _Failed):
+            return image
+    return torch.stack(images)
 
-    def __init__(self, index_batches: Iterable[Sequence[int]]) -> None:
-        self.index_batches = index_batches
 
-    def __iter__(self) -> Iterator[list[int]]:
-        for index in self.index_batches:
-            yield [int(i) for i in index]
+class _Feed:
+    """The pool's `batch_sampler`: yields the path batches of whichever `decode` call is running."""
+
+    def __init__(self) -> None:
+        self.batches: Iterator[list[str]] = iter(())
+
+    def __iter__(self) -> Iterator[list[str]]:
+        return self.batches
+
+
+class _DecodingPool:
+    """Worker processes kept alive between fine-tunes, each decoding whole batches of files.
+
+    A search fine-tunes dozens of candidates on the same split; starting
+    workers for each would cost seconds every time. The workers are spawned,
+    not forked: a forked worker keeps the pages its parent had at the fork,
+    and as the trainer reuses its heap those become the worker's own copies,
+    which doubled the streamed benchmark's memory.
+    """
+
+    def __init__(self, workers: int, conversion: _Conversion, pin_memory: bool) -> None:
+        self.feed = _Feed()
+        self.busy = False
+        self.loader = torch.utils.data.DataLoader(
+            _Decoding(conversion), batch_sampler=self.feed, num_workers=workers, collate_fn=_stack_or_failure,
+            pin_memory=pin_memory, worker_init_fn=_one_thread, prefetch_factor=2, persistent_workers=True,
+            multiprocessing_context="spawn",
+            # The loader draws its workers' base seed from this generator; without
+            # one it would draw from torch's global one and shift the dropout
+            # masks of the training it feeds (decoding itself is not random).
+            generator=torch.Generator().manual_seed(0),
+        )
+
+    def decode(self, path_batches: Iterator[list[str]]) -> Iterator[torch.Tensor]:
+        """The decoded batches of `path_batches`, in order; one call at a time per pool."""
+        if self.busy:
+            raise RuntimeError("a decoding pool serves one batch stream at a time; finish or close the other first")
+        self.busy, self.feed.batches = True, path_batches
+        try:
+            for batch in self.loader:
+                if isinstance(batch, _Failed):
+                    raise DataError(batch.message)
+                yield batch
+        finally:
+            self.busy = False
+
+
+_POOLS: dict[tuple[int, _Conversion, bool], _DecodingPool] = {}
+
+
+def _pool(workers: int, conversion: _Conversion, pin_memory: bool) -> _DecodingPool:
+    """This process's pool for these settings; a second stream while it is busy gets a pool of its own."""
+    key = (workers, conversion, pin_memory)
+    pool = _POOLS.get(key)
+    if pool is None or pool.busy:
+        pool = _DecodingPool(workers, conversion, pin_memory)
+        if key not in _POOLS:
+            _POOLS[key] = pool
+    return pool
 
 
 def _one_thread(worker_id: int) -> None:
