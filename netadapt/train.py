@@ -553,11 +553,7 @@ def train_base(
     dataset = load_dataset(config.data)
     load_seconds = time.perf_counter() - load_start
     spec = base_spec(config.model, dataset)
-    log(
-        f"data: {dataset.source}: {len(dataset.train)} train / {len(dataset.holdout)} holdout / "
-        f"{len(dataset.test)} test images, {dataset.in_channels}x{config.data.resolution}x{config.data.resolution}, "
-        f"{dataset.num_classes} classes (loaded in {load_seconds:.1f} s)"
-    )
+    log(f"data: {dataset.summary()} (loaded in {load_seconds:.1f} s)")
     model = build(spec, seed=config.seed)
     log(f"model: {spec.name or config.model.spec}, {model.num_params():,} parameters")
     stats = train(model, dataset.train, config.train, config.train.steps, config.seed, progress=progress)

@@ -623,3 +623,26 @@ def test_kill_9_mid_iteration_then_resume_gives_the_same_network(prepared, tmp_p
     resumed_rows = run.read_history()[columns]
     assert reference_rows.equals(resumed_rows), "history must hold each iteration exactly once"
 
+
+
+def test_a_search_runs_on_a_folder_streamed_from_disk(prepared, tmp_path):
+    """The same search on image files decoded per batch by a worker process, not tensors in memory."""
+    from netadapt.data import EMBEDDED_PATH
+
+    root = tmp_path / "images"
+    with np.load(EMBEDDED_PATH) as archive:
+        for split, per_split in (("train", 1200), ("test", 300)):
+            for i, (image, label) in enumerate(zip(archive[f"{split}_images"][:per_split],
+                                                   archive[f"{split}_labels"][:per_split])):
+                folder = root / split / f"class-{label}"
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / f"{i}.pgm").write_bytes(b"P5 28 28 255\n" + image.tobytes())
+    config = prepared.config(prepared.unreachable_budget(), "search.max_iterations=1", "data.dataset=folder",
+                             f"data.path={root}", "data.cache=stream", "data.workers=1", *LIGHT_MEASURE)
+    messages = []
+    result = run_search(config, out=tmp_path / "run", progress=False, echo=messages.append)
+    history = RunDir(result.run_dir).read_history()
+    assert result.iterations == 1
+    tuned = history[(history["kind"] == "candidate") & history["status"].isin(["ok", "chosen"])]
+    assert len(tuned) >= 2 and (tuned["finetune_s"] > 0).all() and tuned["holdout_acc"].between(0, 1).all()
+    assert any("streamed from disk (1 decoding workers)" in message for message in messages), messages

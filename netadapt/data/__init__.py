@@ -132,6 +132,12 @@ class Dataset:
     in_channels: int  # equals DataConfig.channels; the generator's in_channels follows it
     source: str  # where the data came from, for logs and run directories
 
+    def summary(self) -> str:
+        """One line for logs: where from, split sizes, image shape and classes."""
+        resolution = self.train.images.shape[-1]
+        return (f"{self.source}: {len(self.train)} train / {len(self.holdout)} holdout / {len(self.test)} test images, "
+                f"{self.in_channels}x{resolution}x{resolution}, {self.num_classes} classes")
+
 
 # ----------------------------------------------------------------- public API
 def load_dataset(config: DataConfig) -> Dataset:

@@ -182,7 +182,10 @@ def run_search(
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
 
-    dataset = dataset or load_dataset(config.data)
+    if dataset is None:
+        load_start = time.perf_counter()
+        dataset = load_dataset(config.data)
+        echo(f"data: {dataset.summary()} (loaded in {time.perf_counter() - load_start:.1f} s)")
     shape = config.input_shape()
     owned = measurer is None
     measurer = measurer or make_measurer(config.target, config.measure, shape,
