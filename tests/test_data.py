@@ -392,3 +392,20 @@ def test_a_corrupt_file_met_while_streaming_is_named(tmp_path):
             for _ in split.batches([slice(0, len(split))]):
                 pass
     assert "Traceback" not in str(caught.value)  # the worker's message, not DataLoader's wrapped traceback
+
+
+def test_idle_decoding_pools_are_bounded_and_their_workers_stop(tmp_path):
+    import multiprocessing
+
+    from netadapt.data import stream
+
+    root = write_png_folder(tmp_path / "pets")
+    stream.close_decoding_pools()
+    before = set(multiprocessing.active_children())  # other tests' workers may still be referenced
+    for resolution in (8, 10, 12):  # three settings, three pools: the oldest is dropped, its worker stopped
+        split = load_dataset(folder_config(root, cache="stream", workers=1, resolution=resolution)).train
+        assert next(split.batches(iter([[0, 1]]))).shape == (2, 3, resolution, resolution)
+    assert len(stream._POOLS) == stream.MAX_POOLS
+    assert len(set(multiprocessing.active_children()) - before) == stream.MAX_POOLS  # one worker each
+    stream.close_decoding_pools()
+    assert not stream._POOLS and not set(multiprocessing.active_children()) - before

@@ -20,7 +20,7 @@ import torch
 from netadapt.data.images import decode
 from netadapt.errors import DataError
 
-__all__ = ["ImageFiles"]
+__all__ = ["ImageFiles", "close_decoding_pools"]
 
 
 @dataclass(frozen=True)
@@ -184,18 +184,29 @@ class _DecodingPool:
             self.busy = False
 
 
+# One run uses one pool (its splits share the conversion); a process that goes on
+# to other settings keeps the latest few, each worker being ~0.2 GB of Python and torch.
+MAX_POOLS = 2
 _POOLS: dict[tuple[int, _Conversion, bool], _DecodingPool] = {}
 
 
 def _pool(workers: int, conversion: _Conversion, pin_memory: bool) -> _DecodingPool:
     """This process's pool for these settings; a second stream while it is busy gets a pool of its own."""
     key = (workers, conversion, pin_memory)
-    pool = _POOLS.get(key)
-    if pool is None or pool.busy:
-        pool = _DecodingPool(workers, conversion, pin_memory)
-        if key not in _POOLS:
-            _POOLS[key] = pool
-    return pool
+    pool = _POOLS.pop(key, None)
+    if pool is not None and pool.busy:
+        _POOLS[key] = pool
+        return _DecodingPool(workers, conversion, pin_memory)  # lives as long as the stream using it
+    _POOLS[key] = pool or _DecodingPool(workers, conversion, pin_memory)  # now the most recently used
+    for stale in [k for k, p in _POOLS.items() if not p.busy][: max(0, len(_POOLS) - MAX_POOLS)]:
+        del _POOLS[stale]  # the last reference: its loader shuts its workers down
+    return _POOLS[key]
+
+
+def close_decoding_pools() -> None:
+    """Stop this process's idle decoding workers (they start again when a stream needs them)."""
+    for key in [k for k, pool in _POOLS.items() if not pool.busy]:
+        del _POOLS[key]
 
 
 def _one_thread(worker_id: int) -> None:
