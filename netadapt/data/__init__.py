@@ -38,7 +38,7 @@ import torch
 
 from netadapt.config import DataConfig
 from netadapt.data.images import IMAGE_EXTENSIONS, read_image, to_tensor
-from netadapt.data.stream import ImageFiles
+from netadapt.data.stream import Conversion, ImageFiles
 from netadapt.errors import ConfigError, DataError
 
 __all__ = [
@@ -197,8 +197,8 @@ def load_dataset(config: DataConfig) -> Dataset:
             images = [images[i] for i in index.tolist()] if isinstance(images, list) else images[index.numpy()]
             label_tensor = label_tensor[index]
         if streamed:  # a folder's file paths, decoded per batch
-            files = ImageFiles(tuple(str(path) for path in images), config.channels, config.resolution,
-                               tuple(mean), tuple(std), config.workers)
+            conversion = Conversion(config.channels, config.resolution, tuple(mean), tuple(std))
+            files = ImageFiles(tuple(str(path) for path in images), conversion, config.workers)
             return Split(files, label_tensor)
         if isinstance(images, list):  # a folder's file paths, decoded once, here
             images = [read_image(path) for path in images]

@@ -20,7 +20,20 @@ import torch
 from netadapt.data.images import decode
 from netadapt.errors import DataError
 
-__all__ = ["ImageFiles", "close_decoding_pools"]
+__all__ = ["Conversion", "ImageFiles", "close_decoding_pools"]
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """How one file becomes a normalised tensor (`decode`'s settings): shared by this process and the workers."""
+
+    channels: int
+    resolution: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def decode(self, path: str) -> torch.Tensor:
+        return decode(path, self.channels, self.resolution, list(self.mean), list(self.std))
 
 
 @dataclass(frozen=True)
@@ -29,15 +42,12 @@ class ImageFiles:
 
     Attributes:
         paths: one file per image, in the split's order.
-        channels, resolution, mean, std: how each image is converted (`decode`).
+        conversion: how each image is decoded, resized and normalised.
         workers: decoding processes for `batches`; 0 decodes in this process.
     """
 
     paths: tuple[str, ...]
-    channels: int
-    resolution: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    conversion: Conversion
     workers: int = 0
 
     def __len__(self) -> int:
@@ -46,12 +56,12 @@ class ImageFiles:
     @property
     def shape(self) -> tuple[int, int, int, int]:
         """The shape the decoded split would have, `[N, C, H, W]`."""
-        return (len(self.paths), self.channels, self.resolution, self.resolution)
+        c = self.conversion
+        return (len(self.paths), c.channels, c.resolution, c.resolution)
 
     def take(self, index: Sequence[int]) -> "ImageFiles":
         """The images at `index`, still as files."""
-        return ImageFiles(tuple(self.paths[i] for i in index), self.channels, self.resolution, self.mean, self.std,
-                          self.workers)
+        return ImageFiles(tuple(self.paths[i] for i in index), self.conversion, self.workers)
 
     def __getitem__(self, index: int | slice | torch.Tensor | Sequence[int]) -> torch.Tensor:
         """Decode the images at `index` in this process: `[N, C, H, W]` (`[C, H, W]` for an int)."""
@@ -78,32 +88,19 @@ class ImageFiles:
                 yield batch.pin_memory() if pin_memory else batch
             return
         paths = (self._paths_at(index) for index in index_batches)
-        yield from _pool(self.workers, self._conversion(), pin_memory).decode(paths)
+        yield from _pool(self.workers, self.conversion, pin_memory).decode(paths)
 
     def _paths_at(self, index: slice | Sequence[int]) -> list[str]:
         return [self.paths[i] for i in self._positions(index)]
 
-    def _conversion(self) -> "_Conversion":
-        return _Conversion(self.channels, self.resolution, self.mean, self.std)
-
     def _decode(self, position: int) -> torch.Tensor:
-        return decode(self.paths[position], self.channels, self.resolution, list(self.mean), list(self.std))
+        return self.conversion.decode(self.paths[position])
 
     def _stack(self, positions: Iterable[int]) -> torch.Tensor:
         images = [self._decode(int(i)) for i in positions]
         if not images:
-            return torch.empty((0, self.channels, self.resolution, self.resolution))
+            return torch.empty((0, *self.shape[1:]))
         return torch.stack(images)
-
-
-@dataclass(frozen=True)
-class _Conversion:
-    """How a decoding pool's workers turn a file into a tensor (`decode`'s settings)."""
-
-    channels: int
-    resolution: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -116,16 +113,15 @@ class _Failed:
 class _Decoding(torch.utils.data.Dataset):
     """What a pool's workers index: a file path in, its image tensor (or a `_Failed`) out."""
 
-    def __init__(self, conversion: _Conversion) -> None:
+    def __init__(self, conversion: Conversion) -> None:
         self.conversion = conversion
 
     def __len__(self) -> int:  # the "indices" are paths, fed by `_Feed`: there is no fixed length
         raise TypeError("a decoding pool is indexed by path")
 
     def __getitem__(self, path: str) -> torch.Tensor | _Failed:
-        c = self.conversion
         try:
-            return decode(path, c.channels, c.resolution, list(c.mean), list(c.std))
+            return self.conversion.decode(path)
         except DataError as error:
             return _Failed(str(error))
 
@@ -157,7 +153,7 @@ class _DecodingPool:
     which doubled the streamed benchmark's memory.
     """
 
-    def __init__(self, workers: int, conversion: _Conversion, pin_memory: bool) -> None:
+    def __init__(self, workers: int, conversion: Conversion, pin_memory: bool) -> None:
         self.feed = _Feed()
         self.busy = False
         self.loader = torch.utils.data.DataLoader(
@@ -187,10 +183,10 @@ class _DecodingPool:
 # One run uses one pool (its splits share the conversion); a process that goes on
 # to other settings keeps the latest few, each worker being ~0.2 GB of Python and torch.
 MAX_POOLS = 2
-_POOLS: dict[tuple[int, _Conversion, bool], _DecodingPool] = {}
+_POOLS: dict[tuple[int, Conversion, bool], _DecodingPool] = {}
 
 
-def _pool(workers: int, conversion: _Conversion, pin_memory: bool) -> _DecodingPool:
+def _pool(workers: int, conversion: Conversion, pin_memory: bool) -> _DecodingPool:
     """This process's pool for these settings; a second stream while it is busy gets a pool of its own."""
     key = (workers, conversion, pin_memory)
     pool = _POOLS.pop(key, None)
