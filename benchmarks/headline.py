@@ -13,7 +13,9 @@ where it stopped and never retrains a finished arm:
    the run to about an hour; `--set` changes any of them.
 3. search: one `run_search` in WORK/search, down to `--search-margin` x the
    lowest budget (slightly below it, so that the side-by-side measurement
-   of step 4 finds a network under every budget despite drift).
+   of step 4 finds a network under every budget despite drift), landing
+   on the way just under `--search-margin` x each higher budget
+   (`search.landings`; `--no-landings` aims past them).
 4. latency: the base, every iteration's network and every multiplier, measured
    in one interleaved run (`--passes`, at least 10 for the headline). The
    figure that decides is the one the search uses (measure.statistic, best
@@ -198,6 +200,8 @@ def main() -> int:
     parser.add_argument("--passes", type=int, default=None, help="interleaved measuring passes (default 10; 2 with --quick)")
     parser.add_argument("--search-margin", type=float, default=0.97,
                         help="the search's budget as a share of the lowest budget (default: %(default)s)")
+    parser.add_argument("--no-landings", action="store_true",
+                        help="the search aims at the lowest budget only, not just under each higher one on the way")
     parser.add_argument("--resamples", type=int, default=None, help="bootstrap resamples (default 4000; 200 with --quick)")
     parser.add_argument("--ablation", action="store_true",
                         help="then turn each search lever the other way, one at a time (see ABLATION)")
@@ -241,8 +245,11 @@ def headline(args: argparse.Namespace) -> int:
     clock.done("budgets")
     obtain_base_model(config, dataset, progress=not args.no_progress)
     clock.done("base network")
-    run, search_s = search(args.work / "search", config, dataset, args.search_margin * min(budgets.values()),
-                           not args.no_progress)
+    lowest = min(budgets.values())
+    landings = [] if args.no_landings else sorted((args.search_margin * ms for ms in budgets.values() if ms > lowest),
+                                                  reverse=True)
+    run, search_s = search(args.work / "search", config, dataset, args.search_margin * lowest,
+                           not args.no_progress, landings)
     clock.done("search")
 
     networks = run.iteration_networks()
@@ -303,9 +310,9 @@ def headline_config(args: argparse.Namespace) -> Config:
     Refused when a budget is set: the budgets are the multipliers' latencies.
     """
     config = load_config(args.config, headline_overrides(args))
-    if config.search.budget_ms is not None or config.search.budget_ratio is not None:
-        raise ConfigError("search.budget_ms / search.budget_ratio: the headline sets the budgets itself "
-                          "(the multipliers' measured latencies); drop them from --config/--set")
+    if config.search.budget_ms is not None or config.search.budget_ratio is not None or config.search.landings:
+        raise ConfigError("search.budget_ms / search.budget_ratio / search.landings: the headline sets the budgets "
+                          "itself (the multipliers' measured latencies); drop them from --config/--set")
     if config.model.spec is not None or config.model.checkpoint is not None:
         raise ConfigError("model.spec / model.checkpoint: the headline searches from Small 1.0 trained here")
     return config
@@ -364,8 +371,10 @@ def declared_budgets(args: argparse.Namespace, multipliers: dict[float, NetSpec]
     return budgets
 
 
-def search(path: Path, config: Config, dataset: Dataset, budget_ms: float, progress: bool) -> tuple[RunDir, float]:
-    """Run a search in `path` to `budget_ms`, resuming a killed one, or reuse a finished one.
+def search(path: Path, config: Config, dataset: Dataset, budget_ms: float, progress: bool,
+           landings_ms: list[float] | None = None) -> tuple[RunDir, float]:
+    """Run a search in `path` to `budget_ms` (landing just under each of `landings_ms` on the way),
+    resuming a killed one, or reuse a finished one.
 
     Returns the run and its wall time, summed over the calls that worked on it
     (PATH/search_s.json; NaN for a run searched before it was recorded).
@@ -377,11 +386,19 @@ def search(path: Path, config: Config, dataset: Dataset, budget_ms: float, progr
     if state is not None:
         # A folder reused for another budget (an ablation at another width in the same --work)
         # would hand back networks searched for the wrong budget.
-        recorded = load_config(run.config_path).search.budget_ms
+        recorded_search = load_config(run.config_path).search
+        recorded = recorded_search.budget_ms
         if recorded is None or not math.isclose(recorded, budget_ms, rel_tol=1e-9):
             raise ConfigError(
                 f"{run.path} holds a search to {recorded} ms, not to {budget_ms:.6g} ms: give this run "
                 f"its own --work, or remove {run.path} to search again")
+        wanted = list(landings_ms or [])
+        if len(recorded_search.landings) != len(wanted) or not all(
+                math.isclose(a, b, rel_tol=1e-9) for a, b in zip(recorded_search.landings, wanted)):
+            raise ConfigError(
+                f"{run.path} holds a search landing at {recorded_search.landings} ms on the way, not at "
+                f"{[round(ms, 6) for ms in wanted]} ms: give this run its own --work, or remove {run.path} "
+                f"to search again")
     start = time.perf_counter()
     if state is not None and state.finished:
         print(f"search: finished before in {run.path}")
@@ -390,8 +407,10 @@ def search(path: Path, config: Config, dataset: Dataset, budget_ms: float, progr
         print(f"search: resuming {run.path} after iteration {state.iteration}")
         run_search(resume=run.path, dataset=dataset, progress=progress)
     else:
-        searched = dataclasses.replace(config, search=dataclasses.replace(config.search, budget_ms=budget_ms))
-        print(f"search: to {budget_ms:.4f} ms in {run.path}")
+        searched = dataclasses.replace(config, search=dataclasses.replace(
+            config.search, budget_ms=budget_ms, landings=list(landings_ms or [])))
+        print(f"search: to {budget_ms:.4f} ms in {run.path}"
+              + (f", landing under {', '.join(f'{ms:.4f}' for ms in landings_ms)} ms on the way" if landings_ms else ""))
         run_search(searched, out=run.path, dataset=dataset, progress=progress)
     spent += time.perf_counter() - start
     write_json(timing, {"search_s": spent})

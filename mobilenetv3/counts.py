@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from mobilenetv3.spec import BlockSpec, NetSpec
 
-__all__ = ["UnitCount", "count", "spatial_after"]
+__all__ = ["UnitCount", "count", "peak_activation", "spatial_after"]
 
 
 @dataclass(frozen=True)
@@ -78,3 +78,20 @@ def count(spec: NetSpec, input_size: int = 224) -> list[UnitCount]:
     head_macs = spec.last_conv * spec.head_hidden + spec.head_hidden * spec.num_classes
     rows.append(UnitCount("head", spec.last_conv, spec.num_classes, size, head_params, head_macs))
     return rows
+
+
+def peak_activation(spec: NetSpec, input_size: int = 224) -> int:
+    """The most elements one activation of `spec` holds, per image, at a square input of side `input_size`.
+
+    Running the network needs a few of these at once; it is what a spec
+    within every per-field bound can still make too big for memory (Large at
+    width 8 and a 4096-pixel input: 8 G elements after the stem).
+    """
+    size = _conv_out(input_size, 3, 2)
+    largest = max(spec.in_channels * input_size * input_size, spec.stem * size * size)
+    for block in spec.blocks:
+        out_size = _conv_out(size, block.kernel, block.stride)
+        largest = max(largest, block.expanded * size * size, block.expanded * out_size * out_size,
+                      block.out * out_size * out_size)
+        size = out_size
+    return max(largest, spec.last_conv * size * size)

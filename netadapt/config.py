@@ -322,13 +322,18 @@ class SearchConfig(Section):
     # The last iteration's target is clamped to the budget less this share, so the
     # final network lands just under the budget rather than far below it.
     budget_margin: float = 0.02
+    # Budgets above the final one, in its unit (shares of the base with budget_ratio,
+    # ms with budget_ms), that the search also lands just under: each clamps the
+    # targets like the final budget until a network meets it, so one run hands over
+    # a network just under every one of them, not a cut far below.
+    landings: list[float] = field(default_factory=list)
 
     SECTION: ClassVar[str] = "search"
     RANGES: ClassVar[dict[str, str]] = {
         "budget_ms": "(0, inf)", "budget_ratio": "(0, 1)", "initial_reduction": "(0, 1)", "decay": "(0, 1]",
         "finetune_steps": "[0, inf)", "long_finetune_steps": "[0, inf)", "min_proposals": "[1, inf)",
         "max_reduction_halvings": "[0, inf)", "max_cut_fraction": "(0, 1]", "finetune_top": "[0, inf)",
-        "max_iterations": "[1, inf)", "budget_margin": "[0, 0.5)",
+        "max_iterations": "[1, inf)", "budget_margin": "[0, 0.5)", "landings": "(0, inf)",
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -17,9 +18,10 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from netadapt.errors import ConfigError
 from netadapt.io import atomic_write_bytes
 
-__all__ = ["OPSET", "export_onnx", "fold_batchnorm", "onnx_bytes"]
+__all__ = ["OPSET", "check_fits_in_memory", "export_onnx", "fold_batchnorm", "onnx_bytes"]
 
 OPSET = 17  # HardSwish needs >= 14; 17 is well supported by onnxruntime >= 1.14
 
@@ -50,6 +52,7 @@ def onnx_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
         model: any module; it is copied, never modified.
         input_shape: the fixed input shape, e.g. (1, 3, 224, 224).
     """
+    check_fits_in_memory(model, input_shape)
     folded = fold_batchnorm(model)
     example = torch.zeros(*input_shape)
     buffer = io.BytesIO()
@@ -71,6 +74,35 @@ def onnx_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     proto = _drop_identities(onnx.load_from_string(buffer.getvalue()))
     onnx.checker.check_model(proto)
     return proto.SerializeToString()
+
+
+def check_fits_in_memory(model: nn.Module, input_shape: tuple[int, ...]) -> None:
+    """Refuse a MobileNetV3 whose export at `input_shape` needs more than half this machine's memory.
+
+    Tracing holds the weights, a copy of them and a few activations at once.
+    Without this a spec within every per-field bound still ends in an
+    allocation traceback, or the kernel's OOM killer, minutes in.
+
+    Raises:
+        ConfigError: naming the input, the largest activation and the memory.
+    """
+    spec = getattr(model, "spec", None)
+    if spec is None or len(input_shape) != 4 or input_shape[2] != input_shape[3]:
+        return  # a unit or a non-square input: small by construction
+    from mobilenetv3.counts import peak_activation
+
+    activation = input_shape[0] * peak_activation(spec, input_shape[2])
+    parameters = sum(p.numel() for p in model.parameters())
+    needed = 4 * (3 * activation + 2 * parameters)  # float32: input, output and one more; weights twice (folded copy)
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not on Linux or macOS: no bound to check against
+        return
+    if needed > memory / 2:
+        raise ConfigError(
+            f"{spec.name or 'the spec'} at input {'x'.join(map(str, input_shape))} needs about {needed / 2**30:.1f} GiB "
+            f"to export (its largest activation holds {activation:,} elements, {parameters:,} parameters), more "
+            f"than half of this machine's {memory / 2**30:.1f} GiB; use a smaller input, batch or width")
 
 
 def _drop_identities(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -340,11 +340,16 @@ class RunDir:
         if not isinstance(name, str) or not name:
             raise RunDirError(f"{where}: empty; iteration {row.iteration} names no checkpoint")
         path = Path(name)
-        root = self.path.resolve()
-        if path.is_absolute() or not (root / path).resolve().is_relative_to(root):
-            raise RunDirError(f"{where}: {quote(name)} is outside the run directory; checkpoints are named "
-                              "relative to it, e.g. checkpoints/iter-001.pt")
-        if not (self.path / path).is_file():
+        try:
+            root = self.path.resolve()
+            if path.is_absolute() or not (root / path).resolve().is_relative_to(root):
+                raise RunDirError(f"{where}: {quote(name)} is outside the run directory; checkpoints are named "
+                                  "relative to it, e.g. checkpoints/iter-001.pt")
+            present = (self.path / path).is_file()
+        except (OSError, ValueError) as error:  # a name too long for the file system, a NUL byte, no permission
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            raise RunDirError(f"{where}: {quote(name)} cannot be looked up ({quote(reason)})") from None
+        if not present:
             raise RunDirError(f"{where}: {quote(name)} is missing from {self.path}")
         return self.path / path
 
@@ -398,6 +403,30 @@ class RunDir:
         return logger
 
 
+def _history_range_kind(name: str) -> str:
+    """Which values a float column of history.csv allows, by what it holds."""
+    if name.endswith("_ms") or name == "ratio_to_base":
+        return "positive"  # latencies and a ratio of two
+    if name.endswith("_acc"):
+        return "share"
+    if name.endswith("_loss"):
+        return "loss"  # a diverged candidate's loss may be infinite
+    if name.endswith("_s") or name == "measured_spread_pct":
+        return "non-negative"
+    return "finite"  # budget_margin_pct: under (+) or over (-) the budget
+
+
+_HISTORY_RANGE_TEXT = {"positive": "a finite number > 0", "share": "a number in [0, 1]", "loss": "a number >= 0",
+                       "non-negative": "a finite number >= 0", "finite": "a finite number"}
+
+
+def _in_history_range(name: str, numbers: pd.Series) -> pd.Series:
+    kind = _history_range_kind(name)
+    finite = np.isfinite(numbers)
+    return {"positive": finite & (numbers > 0), "share": (numbers >= 0) & (numbers <= 1), "loss": numbers >= 0,
+            "non-negative": finite & (numbers >= 0), "finite": finite}[kind]
+
+
 def _checked_history(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
     """`frame` (all text) with each column converted to its `HistoryRow` type; the first bad cell is named."""
     columns = {}
@@ -425,6 +454,9 @@ def _checked_history(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
                 if name == "iteration":
                     bad |= numbers < 0
                     wanted = "an integer >= 0"
+            if kind is float:
+                bad |= numbers.notna() & ~_in_history_range(name, numbers.astype(float))
+                wanted = _HISTORY_RANGE_TEXT.get(_history_range_kind(name), wanted)
             values = numbers.astype(float)
             if kind is int and not (bad | numbers.isna()).any():
                 values = numbers.astype("int64")  # as pandas reads a column of whole numbers; with an empty cell, floats

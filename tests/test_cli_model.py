@@ -77,6 +77,12 @@ def test_absurd_presets_and_inputs_are_refused(tmp_path, capsys):
     assert "in_channels must be >= 1" in capsys.readouterr().err
     assert main(["model", "export", "--out", str(tmp_path / "x.onnx"), "--input", "1x3x100000x100000"]) == 2
     assert "the height must be <= 4096, got 100000" in capsys.readouterr().err
+    # Every size within its bound, but together far past memory: refused before the export allocates it.
+    assert main(["model", "export", "--preset", "small", "--out", str(tmp_path / "x.onnx"),
+                 "--input", "1024x3x4096x4096"]) == 2
+    err = capsys.readouterr().err
+    assert "at input 1024x3x4096x4096 needs about" in err and "GiB to export" in err and "smaller input" in err
+    assert not (tmp_path / "x.onnx").exists()
     assert main(["model", "show", "--input", "1000000000"]) == 2
     assert r"--input must be a size in pixels in [1, 4096]" in capsys.readouterr().err
     assert main(["model", "show", "--width", "nan"]) == 2

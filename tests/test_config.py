@@ -114,8 +114,8 @@ def test_every_numeric_field_is_found():
 @pytest.mark.parametrize("key, kind", NUMERIC_KEYS)
 def test_every_numeric_field_is_range_checked_naming_the_key(key, kind):
     # No numeric setting accepts a negative value, nor any setting NaN or infinity.
-    wrap = (lambda text: f"[{text}]") if key in ("data.mean", "data.std") else (lambda text: text)
-    index = r"\[0\]" if key in ("data.mean", "data.std") else ""
+    wrap = (lambda text: f"[{text}]") if key in ("data.mean", "data.std", "search.landings") else (lambda text: text)
+    index = r"\[0\]" if key in ("data.mean", "data.std", "search.landings") else ""
     must = f"--set: {key}{index} must be {'an integer' if kind == 'int' else 'a finite number'}"
     for value in (".nan", ".inf", "-.inf"):
         with pytest.raises(ConfigError, match=must):

@@ -606,6 +606,8 @@ def test_external_data_is_refused_anywhere_with_one_message_whether_or_not_the_f
         ("windows=1000000000", "'windows'"),
         (f"threads={(os.cpu_count() or 1) + 1}", "'threads'"),
         ("batch=100000000", "'batch'"),
+        ("min_runs=1000000000000", "'min_runs'"),
+        (f"inter_op_threads={(os.cpu_count() or 1) + 1}", "'inter_op_threads'"),
         ("priority=realtime", "--allow-priority"),
     ],
 )
@@ -615,6 +617,13 @@ def test_a_setting_over_the_servers_cap_is_400_before_the_upload(server, query, 
     assert answer.startswith(b"HTTP/1.0 400"), answer[:300]
     assert named.encode() in answer
     assert b"cap" in answer or b"not allowed" in answer
+
+
+@pytest.mark.parametrize("batch", ["0", "-3"])
+def test_a_batch_under_one_is_400_before_the_upload(server, batch):
+    answer = raw_exchange(server, post_head(1000, query=f"batch={batch}"))
+    assert answer.startswith(b"HTTP/1.0 400"), answer[:300]
+    assert b"'batch'" in answer and b">= 1" in answer
 
 
 # ------------------------------------------------- whole-request deadline

@@ -1,5 +1,6 @@
 """benchmarks/headline.py --quick end to end: every step, its outputs, and a resume that retrains nothing done."""
 
+import json
 import math
 import os
 import subprocess
@@ -11,6 +12,7 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 
+from netadapt.config import load_config
 from netadapt.data import EMBEDDED_PATH
 from netadapt.rundir import RunDir
 from test_data import write_idx
@@ -110,4 +112,12 @@ def test_headline_quick_runs_every_step_and_resumes_without_retraining(tmp_path)
     other = headline(tmp_path, *arguments, "--search-margin", "0.9")
     assert other.returncode == 2 and "Traceback" not in other.stderr
     assert f"{work / 'search'} holds a search to" in other.stderr and "its own --work" in other.stderr
+    assert (work / "search" / "state.json").read_bytes() == state_before
+    # The search landed just under the higher budget on its way (search.landings), and a folder
+    # searched that way is not reused for a search that aims past it.
+    budgets = json.loads((work / "budgets.json").read_text())["budgets_ms"]
+    assert load_config(RunDir(work / "search").config_path).search.landings == [pytest.approx(0.97 * budgets["0.95"])]
+    past = headline(tmp_path, *arguments, "--no-landings")
+    assert past.returncode == 2 and "Traceback" not in past.stderr
+    assert f"{work / 'search'} holds a search landing at" in past.stderr
     assert (work / "search" / "state.json").read_bytes() == state_before

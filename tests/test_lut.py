@@ -534,7 +534,11 @@ CORRECTION = r"corrections\['.*'\]: "  # a message about the first correction st
     "edit, message",
     [
         (lambda h: h.update(corrections={"x:min": [1, 2]}), r"corrections\['x:min'\]: expected a mapping of"),
-        (lambda h: _first_correction(h).update(scale=[1.0]), CORRECTION + r"scale must be a finite number, got \[1.0\]"),
+        (lambda h: h.update(corrections=[1, 2]), r"not a valid latency table \(header's corrections or references"),
+        (lambda h: _first_correction(h).update(scale=[1.0]), CORRECTION + r"scale must be a finite number > 0, got \[1.0\]"),
+        # A negative scale once turned every prediction negative, checksum intact.
+        (lambda h: _first_correction(h).update(scale=-1.0), CORRECTION + r"scale must be a finite number > 0, got -1.0"),
+        (lambda h: _first_correction(h).update(scale=0), CORRECTION + r"scale must be a finite number > 0, got 0"),
         (lambda h: _first_correction(h).update(offset_ms=float("nan")), CORRECTION + "offset_ms must be a finite number"),
         (lambda h: _first_correction(h).update(samples=0), CORRECTION + "samples must be an integer >= 1, got 0"),
         (lambda h: _first_correction(h).update(colour=1), CORRECTION + r"unknown field\(s\) \['colour'\]"),
@@ -548,8 +552,22 @@ CORRECTION = r"corrections\['.*'\]: "  # a message about the first correction st
 def test_a_header_value_out_of_place_is_refused_by_field(tmp_path, table_file, edit, message):
     path = tmp_path / "lut.csv"
     path.write_text(resigned(table_file, edit))
-    with pytest.raises(LatencyTableError, match=rf"{path}: header field {message}"):
+    prefix = "" if message.startswith("not a valid") else "header field "
+    with pytest.raises(LatencyTableError, match=rf"{path}: {prefix}{message}"):
         LatencyTable.open(path, CountingMeasurer(), SHAPE)
+
+
+def path_written(path, text: str):
+    path.write_text(text)
+    return path
+
+
+def test_a_table_of_another_target_is_named_with_its_fingerprint_cut_short(tmp_path, table_file):
+    path = tmp_path / "lut.csv"
+    path.write_text(resigned(table_file, lambda h: h["fingerprint"].update(cpu="x" * 1_000_000)))
+    with pytest.raises(LatencyTableError, match="measured on another target") as refused:
+        LatencyTable.open(path, CountingMeasurer(), SHAPE)
+    assert len(str(refused.value)) < 2000 and "more characters" in str(refused.value)
 
 
 def test_a_header_with_a_repeated_field_is_refused(tmp_path, table_file):

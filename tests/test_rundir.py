@@ -149,8 +149,14 @@ def test_a_committed_run_reads_back(committed_run):
 @pytest.mark.parametrize(
     "row, column, value, message",
     [
-        (2, "measured_ms", "abc", r"row 3 \(line 4\), column measured_ms: expected a number, got 'abc'"),
-        (1, "holdout_acc", "x" * 500, r"row 2 \(line 3\), column holdout_acc: expected a number, got 'xxx.*\.\.\.$"),
+        (2, "measured_ms", "abc", r"row 3 \(line 4\), column measured_ms: expected a finite number > 0, got 'abc'"),
+        (1, "holdout_acc", "x" * 500, r"row 2 \(line 3\), column holdout_acc: expected a number in \[0, 1\], got 'xxx.*\.\.\.$"),
+        # Numbers out of their column's range, which state.json refuses too.
+        (2, "measured_ms", "inf", r"row 3 \(line 4\), column measured_ms: expected a finite number > 0, got 'inf'"),
+        (2, "measured_ms", "-1", r"column measured_ms: expected a finite number > 0, got '-1'"),
+        (0, "predicted_ms", "nan", r"column predicted_ms: expected a finite number > 0, got 'nan'"),
+        (2, "holdout_acc", "5", r"row 3 \(line 4\), column holdout_acc: expected a number in \[0, 1\], got '5'"),
+        (1, "measure_s", "-0.5", r"column measure_s: expected a finite number >= 0, got '-0.5'"),
         (1, "iteration", "one", r"row 2 \(line 3\), column iteration: expected an integer >= 0, got 'one'"),
         (1, "iteration", "-1", r"column iteration: expected an integer >= 0, got '-1'"),
         (2, "width_after", "8.5", r"row 3 \(line 4\), column width_after: expected an integer, got '8.5'"),
@@ -190,6 +196,16 @@ def test_checkpoint_paths_are_confined_to_the_run_directory(committed_run, tmp_p
     assert main(["export", str(committed_run.path), "--out", str(tmp_path / "family")]) == 2
     assert "is outside the run directory" in capsys.readouterr().err
     assert not (tmp_path / "family").exists()
+
+
+@pytest.mark.parametrize("name, reason", [("c" * 300 + ".pt", "File name too long"), ("checkpoints/iter\x00.pt", "null byte")])
+def test_a_checkpoint_name_the_file_system_cannot_look_up_is_named(committed_run, tmp_path, capsys, name, reason):
+    edit_history(committed_run, 2, "checkpoint", name)
+    with pytest.raises(RunDirError, match=rf"row 3, column checkpoint: '.* cannot be looked up \(.*{reason}"):
+        run_members(committed_run)
+    assert main(["export", str(committed_run.path), "--out", str(tmp_path / "family")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be looked up" in err and "Traceback" not in err
 
 
 def test_a_missing_checkpoint_is_named(committed_run):

@@ -153,6 +153,46 @@ def test_the_last_target_is_clamped_to_just_under_the_budget(tiny_spec):
     assert dict((g.name, c[0]) for g, c in clamped.choices if c)["last_conv"] == 56  # one 8-channel step saves 0.8 ms
 
 
+def test_landings_clamp_each_target_to_just_under_the_next_budget_not_yet_met():
+    from netadapt.config import load_config
+    from netadapt.rundir import SearchState
+    from netadapt.search.loop import _floor_ms
+
+    # The table predicts the base at 2.0 ms; the machine runs 1.5x that (factor 1.5): base 3.0 ms.
+    state = SearchState(iteration=0, base_ms=3.0, base_predicted_ms=2.0, budget_ms=1.05, measured_ms=3.0,
+                        predicted_ms=3.0, holdout_acc=0.9)
+    config = load_config(None, ["search.budget_ratio=0.35", "search.landings=[0.75, 0.5]"])
+    keep = 1 - config.search.budget_margin
+    # Above 0.75 of the base: aim no lower than just under 0.75 (on the table's scale, converted).
+    assert _floor_ms(config, state, 1.5, current_ms=2.7) == pytest.approx(0.75 * 3.0 * keep)
+    # Under 0.75, above 0.5: the next landing.
+    assert _floor_ms(config, state, 1.5, current_ms=2.2) == pytest.approx(0.5 * 3.0 * keep)
+    # Under every landing, and even under the budget by prediction: the final budget's floor.
+    for current in (1.2, 0.9):
+        assert _floor_ms(config, state, 1.5, current_ms=current) == pytest.approx(0.35 * 3.0 * keep)
+    # Without landings, the final budget's floor from the start.
+    plain = load_config(None, ["search.budget_ratio=0.35"])
+    assert _floor_ms(plain, state, 1.5, current_ms=2.7) == pytest.approx(0.35 * 3.0 * keep)
+    # An absolute budget's landings are milliseconds, as they stand.
+    absolute = load_config(None, ["search.budget_ms=1.05", "search.landings=[2.0]"])
+    assert _floor_ms(absolute, state, 1.5, current_ms=2.7) == pytest.approx(2.0 * keep)
+    assert _floor_ms(absolute, state, 1.5, current_ms=1.9) == pytest.approx(1.05 * keep)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["search.budget_ratio=0.5", "search.landings=[0.75, 0.4]"], r"search.landings\[1\] must be above the budget ratio \(0.5\)"),
+    (["search.budget_ratio=0.5", "search.landings=[1.2]"], r"search.landings\[0\] must be a share of the base below 1"),
+    (["search.budget_ms=2", "search.landings=[1.5]"], r"search.landings\[0\] must be above the budget \(2\)"),
+    (["search.budget_ms=2", "search.landings=[-1]"], r"search.landings\[0\] must be a finite number > 0"),
+])
+def test_landings_that_are_not_on_the_way_to_the_budget_are_refused(overrides, message):
+    from netadapt.config import load_config
+    from netadapt.search import validate_search_config
+
+    with pytest.raises(ConfigError, match=message):
+        validate_search_config(load_config(None, overrides))
+
+
 def test_budget_test_compares_with_the_base_measured_beside_it():
     from netadapt.config import load_config
     from netadapt.search import WholeFigures, budget_test
@@ -283,13 +323,13 @@ def test_tiny_search_end_to_end(prepared, tmp_path):
     assert sum(1 for m in messages if re.match(r"iteration \d+: [\d.]+ ms measured", m)) == 3
     # the measured latency of every winner is recorded next to its prediction
     assert iterations["measured_ms"].notna().all() and iterations["predicted_ms"].notna().all()
-    # Online calibration: each network's recorded prediction is the table's, times the median
-    # steady-to-table ratio of the (up to 5) networks before it (the base's is the table's own);
+    # Online calibration: each network's recorded prediction is the table's, times the
+    # steady-to-table ratio of the network before it (the base's is the table's own);
     # a steady figure is the network's ratio to the base beside it times the base's median figure.
     path = history[history["kind"].isin(["base", "iteration"])]
     ratios, base_figures = [], []
     for row in path.itertuples():
-        expected = row.table_predicted_ms * (np.median(ratios[-5:]) if ratios else 1.0)
+        expected = row.table_predicted_ms * (ratios[-1] if ratios else 1.0)
         assert row.predicted_ms == pytest.approx(expected, rel=1e-9)
         base_figures.append(row.base_measured_ms)
         assert row.steady_ms == pytest.approx(row.ratio_to_base * np.median(base_figures), rel=1e-9)

@@ -25,13 +25,17 @@ from urllib.parse import urlencode, urlsplit
 
 from netadapt.benchmark import Measurement, Target
 from netadapt.device.protocol import HEALTH_PATH, MEASURE_PATH, TOKEN_ENV, load_token, target_settings
-from netadapt.errors import ConfigError, DeviceError
+from netadapt.errors import ConfigError, DeviceError, quote
 
 __all__ = ["RemoteMeasurer", "parse_device"]
 
 log = logging.getLogger(__name__)
 
 _SCHEME = "remote://"
+# Characters of a device's answer quoted in an error: the server's own reasons fit; a hostile
+# or broken server's megabyte does not reach the terminal.
+REASON_LIMIT = 500
+
 # Keys of the fingerprint that describe the device and session, not the model sent:
 # `batch` comes from the model's input (see `RemoteMeasurer.measure`).
 _MODEL_KEYS = {"batch"}
@@ -136,7 +140,7 @@ class RemoteMeasurer:
         if self._health is None or refresh:
             answer = self._request("GET", HEALTH_PATH)
             if "fingerprint" not in answer:
-                raise DeviceError(f"device at {self.address} answered the health check without a fingerprint: {answer}")
+                raise DeviceError(f"device at {self.address} answered the health check without a fingerprint: {quote(answer, REASON_LIMIT)}")
             self._health = answer
         return self._health
 
@@ -170,9 +174,10 @@ class RemoteMeasurer:
         if got != expected:
             # The address now reaches another machine (or a changed onnxruntime):
             # its figures must not be mixed into a table keyed by the old one.
-            raise DeviceError(
-                f"device at {self.address} changed its fingerprint since the first request: {expected} -> {got}"
-            )
+            changes = "; ".join(f"{quote(key)}: {quote(expected.get(key))} -> {quote(got.get(key))}"
+                                for key in sorted(set(expected) | set(got), key=str) if expected.get(key) != got.get(key))
+            raise DeviceError(f"device at {self.address} changed its fingerprint since the first request: "
+                              f"{changes[:REASON_LIMIT]}")
         self.last_server_timing = dict(answer.get("server", {}))
         return result
 
@@ -229,7 +234,7 @@ class RemoteMeasurer:
                 "is this a netadapt device server?"
             ) from None
         if not isinstance(answer, dict):
-            raise DeviceError(f"{self.address} answered {method} {path} with unexpected JSON: {answer!r}")
+            raise DeviceError(f"{self.address} answered {method} {path} with unexpected JSON: {quote(answer, REASON_LIMIT)}")
         if status == HTTPStatus.UNAUTHORIZED:
             raise DeviceError(
                 f"device at {self.address} rejected the token (HTTP 401): set {TOKEN_ENV} or target.token_file "
@@ -256,5 +261,6 @@ def _reason(data: bytes) -> str:
     except (UnicodeDecodeError, json.JSONDecodeError):
         answer = None
     if isinstance(answer, dict) and isinstance(answer.get("error"), str):
-        return answer["error"]
+        error = answer["error"]
+        return error if len(error) <= REASON_LIMIT else error[:REASON_LIMIT] + "..."
     return data[:200].decode("utf-8", "replace") or "(no reason given)"

@@ -28,7 +28,7 @@ from urllib.parse import parse_qs
 
 from netadapt.benchmark import MEASURING_SETTINGS, SESSION_SETTINGS, Target
 from netadapt.config import MeasureConfig, TargetConfig
-from netadapt.errors import ConfigError
+from netadapt.errors import ConfigError, quote
 
 __all__ = [
     "HEALTH_PATH",
@@ -119,14 +119,14 @@ def parse_settings(query: str) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     for name, values in raw.items():
         if name not in SETTINGS:
-            raise BadRequest(HTTPStatus.BAD_REQUEST, f"unknown parameter {name!r}; valid parameters are {sorted(SETTINGS)}")
+            raise BadRequest(HTTPStatus.BAD_REQUEST, f"unknown parameter {quote(name)}; valid parameters are {sorted(SETTINGS)}")
         if len(values) != 1:
-            raise BadRequest(HTTPStatus.BAD_REQUEST, f"parameter {name!r} given {len(values)} times")
+            raise BadRequest(HTTPStatus.BAD_REQUEST, f"parameter {quote(name)} given {len(values)} times")
         try:
             settings[name] = SETTINGS[name](values[0])
         except ValueError:
             kind = _KINDS.get(SETTINGS[name], "value")
-            raise BadRequest(HTTPStatus.BAD_REQUEST, f"parameter {name!r}: {values[0]!r} is not {kind}") from None
+            raise BadRequest(HTTPStatus.BAD_REQUEST, f"parameter {name!r}: {quote(values[0])} is not {kind}") from None
     return settings
 
 

@@ -66,7 +66,7 @@ from urllib.parse import urlsplit
 from netadapt.device.limits import ServerLimits
 from netadapt.device.protocol import HEALTH_PATH, MEASURE_PATH, TOKEN_ENV, BadRequest, load_token, parse_settings
 from netadapt.device.worker import MeasuringProcess, measuring_target
-from netadapt.errors import ConfigError
+from netadapt.errors import ConfigError, quote
 
 __all__ = ["DeviceServer", "check_settings", "serve"]
 
@@ -108,6 +108,8 @@ def check_settings(settings: dict[str, Any], limits: ServerLimits) -> dict[str, 
         if name in settings and settings[name] > cap:
             reason = f"parameter {name!r}: {settings[name]} is over this server's cap of {cap}"
             raise BadRequest(HTTPStatus.BAD_REQUEST, reason)
+    if "batch" in settings and settings["batch"] < 1:  # refused here, before the upload, not after it
+        raise BadRequest(HTTPStatus.BAD_REQUEST, f"parameter 'batch': {settings['batch']} must be >= 1")
     seconds = settings.get("min_seconds")
     if seconds is not None and not (math.isfinite(seconds) and seconds <= limits.measure_timeout_s):
         raise BadRequest(
@@ -165,7 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         try:
             if url.path != HEALTH_PATH:
-                raise BadRequest(HTTPStatus.NOT_FOUND, f"no such path {url.path!r}; use GET / or POST /measure")
+                raise BadRequest(HTTPStatus.NOT_FOUND, f"no such path {quote(url.path)}; use GET / or POST /measure")
             answer: dict[str, Any] = {"status": "ok", "service": "netadapt-device"}
             detail = "health check without token"
             if self.headers.get("Authorization") is not None:
@@ -189,7 +191,7 @@ class _Handler(BaseHTTPRequestHandler):
         reserved = 0
         try:
             if url.path != MEASURE_PATH:
-                raise BadRequest(HTTPStatus.NOT_FOUND, f"no such path {url.path!r}; use POST /measure")
+                raise BadRequest(HTTPStatus.NOT_FOUND, f"no such path {quote(url.path)}; use POST /measure")
             self._authorise()
             length = self._content_length()
             settings = check_settings(parse_settings(url.query), self.server.limits)

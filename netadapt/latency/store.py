@@ -231,9 +231,11 @@ def _checked_corrections(path: Path, corrections: dict[str, Any]) -> dict[str, d
         for name, number in value.items():
             integer = name in ("samples", "units")
             low = 1 if name == "samples" else 0
+            # The scale multiplies every unit sum: a fit over whole networks never gives one <= 0.
             if not _finite(number) or (integer and (number % 1 != 0 or number < low)) \
-                    or (name == "rms_error" and number < 0):
-                wanted = f"an integer >= {low}" if integer else "a finite number" + (" >= 0" if name == "rms_error" else "")
+                    or (name == "rms_error" and number < 0) or (name == "scale" and number <= 0):
+                wanted = (f"an integer >= {low}" if integer else "a finite number"
+                          + (" >= 0" if name == "rms_error" else " > 0" if name == "scale" else ""))
                 raise LatencyTableError(f"{where}: {name} must be {wanted}, got {quote(number)}; {_REBUILD}")
         checked[key] = {name: int(number) if name in ("samples", "units") else float(number)
                         for name, number in value.items()}

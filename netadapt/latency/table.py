@@ -45,6 +45,13 @@ from netadapt.latency.units import Unit, network_key, unit_onnx, units_boundary_
 from netadapt.onnx_export import onnx_bytes
 from netadapt.types import DRIFT_CHECKS, STATISTICS
 
+FINGERPRINT_QUOTE = 400  # characters of a fingerprint in a message: every field of a real one, not a hand-made megabyte
+
+
+def _shortened(text: str, limit: int = FINGERPRINT_QUOTE) -> str:
+    """`text` as it is, or its first `limit` characters and how many more there were."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
 __all__ = ["DriftReport", "LatencyTable", "REFERENCE_UNITS"]
 
 REFERENCE_UNITS = 3  # units measured in every batch to gauge the machine's state
@@ -179,10 +186,11 @@ class LatencyTable:
         stored = read_table(path)
         if stored.fingerprint != current:
             differing = sorted(k for k in set(stored.fingerprint) | set(current) if stored.fingerprint.get(k) != current.get(k))
+            # The stored fingerprint is the file's: quoted short, however big a hand-edited field is.
             raise LatencyTableError(
-                f"{path}: this table was measured on another target (differs in {differing}).\n"
-                f"  table:   {json.dumps(stored.fingerprint, sort_keys=True)}\n"
-                f"  current: {json.dumps(current, sort_keys=True)}\n"
+                f"{path}: this table was measured on another target (differs in {quote(differing, FINGERPRINT_QUOTE)}).\n"
+                f"  table:   {_shortened(json.dumps(stored.fingerprint, sort_keys=True))}\n"
+                f"  current: {_shortened(json.dumps(current, sort_keys=True))}\n"
                 "Use a table built for this target (--table FILE) or build a new one."
             )
         return cls(path, measurer, input_shape, stored, statistic, reference_units)
@@ -584,8 +592,9 @@ class LatencyTable:
         raw = self.raw_sum_ms(spec, statistic)
         if correction is None:
             return raw
-        return correction.apply(raw, self.boundary_millions(spec), self.weights_millions(spec),
-                                units=len(units_of(spec, self.input_shape)))  # type: ignore[arg-type]
+        predicted = correction.apply(raw, self.boundary_millions(spec), self.weights_millions(spec),
+                                     units=len(units_of(spec, self.input_shape)))  # type: ignore[arg-type]
+        return predicted
 
     def fit_correction(
         self, specs: list[NetSpec], repeats: int = 1, measured: list[Measurement] | None = None,

@@ -84,6 +84,15 @@ def validate_search_config(config: Config) -> None:
     if (search.budget_ms is None) == (search.budget_ratio is None):
         raise ConfigError("give exactly one of search.budget_ms (--budget-ms) and search.budget_ratio (--budget-ratio)")
     check_ranges(config)  # each section's RANGES, for a config built or changed in Python too
+    final = search.budget_ratio if search.budget_ratio is not None else search.budget_ms
+    for index, landing in enumerate(search.landings):
+        if landing <= final:
+            unit = "the budget ratio" if search.budget_ratio is not None else "the budget"
+            raise ConfigError(f"search.landings[{index}] must be above {unit} ({final:g}), got {landing:g}: "
+                              f"landings are budgets met on the way to the final one")
+        if search.budget_ratio is not None and landing >= 1:
+            raise ConfigError(f"search.landings[{index}] must be a share of the base below 1 "
+                              f"(the budget is a ratio), got {landing:g}")
     if config.model.checkpoint is not None and not Path(config.model.checkpoint).is_file():
         raise ConfigError(f"model.checkpoint: file {config.model.checkpoint} not found")
     if config.model.spec is not None and not Path(config.model.spec).is_file():
@@ -325,9 +334,12 @@ def _base_typical_ms(state: SearchState) -> float:
     return float(np.median(state.base_figures or (state.base_ms,)))  # older runs kept only the first
 
 
-def _floor_ms(config: Config, state: SearchState, factor: float) -> float:
-    """The lowest target an iteration may aim at, on the calibrated scale: just under the budget.
+def _floor_ms(config: Config, state: SearchState, factor: float, current_ms: float) -> float:
+    """The lowest target an iteration may aim at, on the calibrated scale: just under the next budget.
 
+    The next budget is the highest of `search.landings` and the final budget
+    that the current network (`current_ms`, its calibrated prediction) is not
+    yet under; the final budget's floor holds once every landing is passed.
     A ratio budget is clamped on the table's scale (the budget ratio of the
     table's base prediction, converted at the current factor): the clamp then
     moves with the table alone, so the same seed and table land on the same
@@ -335,8 +347,14 @@ def _floor_ms(config: Config, state: SearchState, factor: float) -> float:
     figure of the machine as it is, so it is clamped as it stands.
     """
     ratio = config.search.budget_ratio
-    budget = ratio * state.base_predicted_ms * factor if ratio is not None else state.budget_ms
-    return budget * (1 - config.search.budget_margin)
+
+    def level_ms(value: float) -> float:
+        return value * state.base_predicted_ms * factor if ratio is not None else value
+
+    keep = 1 - config.search.budget_margin
+    final = level_ms(ratio) if ratio is not None else state.budget_ms
+    ahead = [level_ms(landing) for landing in config.search.landings if level_ms(landing) < current_ms]
+    return max([final, *ahead]) * keep
 
 
 @dataclass
@@ -415,7 +433,7 @@ class SearchLoop:
         plan = plan_iteration(spec, groups, current_predicted, reduction, search.predict_ms,
                               config.search.min_proposals, config.search.max_reduction_halvings,
                               measure_seconds=lambda: table.measure_seconds,
-                              floor_ms=_floor_ms(config, state, search.calibration.factor),
+                              floor_ms=_floor_ms(config, state, search.calibration.factor, current_predicted),
                               fill=lambda specs: table.fill(specs, progress=False), window=config.lut.prefetch_widths,
                               max_cut_fraction=config.search.max_cut_fraction,
                               removable=removable_blocks(spec) if config.search.depth_proposals else None)
