@@ -35,11 +35,8 @@ class OnlineCalibration:
             1, follows the latest network alone. The table's error is a
             function of the network, and it changes along a search's path
             (on one host from +17% at the base to -11% five cuts later), so
-            an older point misleads more than the newest one's noise does.
-            Replayed on ten recorded searches (`benchmarks/calibration_replay.py`),
-            both windows miss the next network by a median 1.6%, but a median
-            of 5 misses by up to 28% (p90 9.8%) where the table's error drifts,
-            the latest point alone by up to 21% (p90 6.4%).
+            an older point misleads more than the newest one's noise does
+            (evidence: docs/latency-model.md, `benchmarks/calibration_replay.py`).
             The search guards that point: a winner measured more than 5%
             off its prediction is measured again before it counts.
     """
