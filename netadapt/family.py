@@ -136,6 +136,7 @@ def export_family(
     dataset: Dataset | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    confirm_target: str | None = None,
 ) -> pd.DataFrame:
     """Write each Pareto member's model.onnx, spec.yaml and weights.pt, and family.csv.
 
@@ -149,12 +150,15 @@ def export_family(
             (learning rate `train.finetune_lr`, cosine decay, distilling from the base
             when `train.distill_alpha` > 0); 0 exports as searched.
         dataset: preloaded data (default: loaded from the run's config).
+        confirm_target: the device the caller confirms; a run whose config.yaml
+            measures on a remote device is refused without it (`RunDir.confirm_target`).
     Returns:
         The family table, one row per member, as written to family.csv.
     """
     run = RunDir(run_path)
     run.require_existing()
     config: Config = load_config(run.config_path)
+    run.confirm_target(config.target.device, config.target.token_file, confirm_target)
     if long_finetune_steps > 0:
         resolve_device(config.train.device)  # a GPU this machine lacks is refused before any work
     members = run_members(run)

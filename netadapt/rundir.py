@@ -244,6 +244,27 @@ class RunDir:
         if not self.config_path.is_file():
             raise RunDirError(f"{self.path}: not a run directory (no config.yaml)")
 
+    def confirm_target(self, device: str, token_file: str | None, confirmed: str | None) -> None:
+        """Refuse a remote `device` read from this run's config.yaml unless `confirmed` names the same one.
+
+        A run directory may come from someone else, and a remote target is where
+        the device token (`token_file`'s contents, or NETADAPT_DEVICE_TOKEN) is
+        sent: the person at the keyboard, not the file, chooses that (`--target`).
+
+        Raises:
+            RunDirError: `device` is remote and `confirmed` is None or another device.
+        """
+        if not device.startswith("remote://") or confirmed == device:
+            return
+        token = f"the token from {quote(token_file)}" if token_file else "the token from NETADAPT_DEVICE_TOKEN"
+        if confirmed is None:
+            raise RunDirError(
+                f"{self.config_path}: target.device is {quote(device)}, so {token} would be sent there; a run "
+                f"directory's config does not choose that. If it is your device, confirm it with --target {quote(device)}")
+        raise RunDirError(
+            f"{self.config_path}: target.device is {quote(device)}, but --target names {quote(confirmed)}; a run is "
+            f"measured on the device it was searched on (its table is keyed by that device's fingerprint)")
+
     # ------------------------------------------------------------------ state
     def read_state(self) -> SearchState | None:
         """The last committed state, or None before the base is committed.

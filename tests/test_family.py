@@ -98,3 +98,55 @@ def test_report_draws_a_baseline_when_the_run_has_one(finished_run, tmp_path):
     finally:
         (finished_run / "baseline.csv").unlink()
     assert "width-multiplier baseline" in text and "x0.5" in text and plot.exists()
+
+
+def _shared_run_with_remote_target(finished_run, tmp_path, port: int):
+    """A copy of `finished_run` whose config.yaml says it measures on remote://127.0.0.1:`port`."""
+    import shutil
+
+    import yaml
+
+    shared = tmp_path / "shared-run"
+    shutil.copytree(finished_run, shared)
+    config = yaml.safe_load((shared / "config.yaml").read_text())
+    config["target"].update(device=f"remote://127.0.0.1:{port}", token_file=str(tmp_path / "secret"), retries=0)
+    (shared / "config.yaml").write_text(yaml.safe_dump(config))
+    return shared, f"remote://127.0.0.1:{port}"
+
+
+def test_a_run_directory_cannot_choose_where_the_device_token_goes(finished_run, tmp_path, capsys):
+    """A shared run's config.yaml naming a remote device is refused by every command that measures from it,
+    before any connection, until --target confirms that same device."""
+    import socket
+
+    from netadapt.cli.main import main
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.setblocking(False)
+    (tmp_path / "secret").write_text("token-from-the-victims-disk\n")
+    shared, device = _shared_run_with_remote_target(finished_run, tmp_path, listener.getsockname()[1])
+    commands = {
+        "export": ["export", str(shared), "--out", str(tmp_path / "family")],
+        "validate": ["lut", "validate", "--run", str(shared)],
+        "resume": ["search", "--resume", str(shared)],
+    }
+    try:
+        for name, argv in commands.items():
+            assert main(argv) == 2, name
+            err = capsys.readouterr().err
+            assert f"{shared / 'config.yaml'}: target.device is '{device}'" in err, (name, err)
+            assert f"confirm it with --target '{device}'" in err and "Traceback" not in err, (name, err)
+            assert main([*argv, "--target", "remote://127.0.0.1:1"]) == 2, name
+            assert "but --target names 'remote://127.0.0.1:1'" in capsys.readouterr().err, name
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # no command opened a connection to the run's device
+        assert not (tmp_path / "family").exists()
+    finally:
+        listener.close()
+    # Confirmed, export goes past the check and fails on the device itself: nothing listens there now.
+    assert main([*commands["export"], "--target", device]) == 2
+    err = capsys.readouterr().err
+    assert "target.device is" not in err and "127.0.0.1" in err, err
+    RunDir(finished_run).confirm_target("local", None, None)  # a local run needs no confirmation

@@ -11,6 +11,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--out", required=True, metavar="DIR", help="family directory")
     export.add_argument("--long-finetune", type=int, default=0, metavar="STEPS",
                         help="fine-tune each member this many steps before export (default 0)")
+    export.add_argument("--target", metavar="DEVICE",
+                        help="confirm the run's remote device (needed when its config.yaml measures on remote://HOST:PORT)")
     export.add_argument("--no-progress", action="store_true", help="no progress bars")
     export.set_defaults(handler=export_command)
 
@@ -26,7 +28,8 @@ def export_command(args: argparse.Namespace) -> int:
 
     if args.long_finetune < 0:
         raise ConfigError(f"--long-finetune must be >= 0, got {args.long_finetune}")
-    frame = export_family(args.run, args.out, args.long_finetune, progress=not args.no_progress)
+    frame = export_family(args.run, args.out, args.long_finetune, progress=not args.no_progress,
+                          confirm_target=args.target)
     print(f"{args.out}: {len(frame)} member(s), see family.csv")
     return 0
 

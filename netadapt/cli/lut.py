@@ -221,6 +221,7 @@ def _validate_run_command(args: argparse.Namespace) -> int:
     run = RunDir(args.run)
     networks = run.iteration_networks()  # refuses a directory that is not a run, naming it
     config = load_config(run.config_path, args.overrides)
+    run.confirm_target(config.target.device, config.target.token_file, args.target)
     shape = config.input_shape()
     measurer = make_measurer(config.target, config.measure, shape)
     # As many passes as the search took of each network (measure.repeats), so the two figures are taken alike.

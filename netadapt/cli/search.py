@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", metavar="RUN", help="continue a killed run from its last completed iteration")
     parser.add_argument("--executor", choices=EXECUTOR_KINDS, help="where candidates are fine-tuned (executor.kind)")
     parser.add_argument("--ray-address", metavar="ADDR", help="a running Ray cluster (default: start a local one)")
-    parser.add_argument("--target", metavar="DEVICE", help="'local' or remote://HOST:PORT (target.device)")
+    parser.add_argument("--target", metavar="DEVICE",
+                        help="'local' or remote://HOST:PORT (target.device); with --resume, confirms the run's remote device")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (summary lines only)")
     parser.set_defaults(handler=search_command)
 
@@ -35,9 +36,9 @@ def search_command(args: argparse.Namespace) -> int:
 
     if args.resume:
         if args.config or args.overrides or args.budget_ms or args.budget_ratio or args.seed is not None or args.out \
-                or args.executor or args.target:
-            print("note: --resume uses the run's own config.yaml; other options are ignored")
-        result = run_search(resume=args.resume, progress=not args.no_progress)
+                or args.executor:
+            print("note: --resume uses the run's own config.yaml; other options than --target are ignored")
+        result = run_search(resume=args.resume, progress=not args.no_progress, confirm_target=args.target)
     else:
         overrides = list(args.overrides)
         if args.budget_ms is not None:

@@ -163,6 +163,7 @@ def run_search(
     dataset: Dataset | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    confirm_target: str | None = None,
 ) -> SearchResult:
     """Run (or resume) a NetAdapt search.
 
@@ -177,11 +178,15 @@ def run_search(
         dataset: preloaded data (default: loaded from `config.data`).
         progress: show progress bars.
         echo: where one-line summaries go (besides the run's log).
+        confirm_target: when resuming, the device the caller confirms; a run whose
+            config.yaml measures on a remote device is refused without it
+            (`RunDir.confirm_target`: the file must not choose where the token goes).
     """
     if resume is not None:
         run = RunDir(resume)
         run.require_existing()
         config = load_config(run.config_path)
+        run.confirm_target(config.target.device, config.target.token_file, confirm_target)
     else:
         if config is None:
             raise ValueError("run_search needs a config for a new run")
