@@ -81,8 +81,8 @@ class Section:
 
 @dataclass
 class ModelConfig(Section):
-    # Small at 28x28 trains at ~450 images/s on 2 cores, so the embedded demo
-    # (base training plus search) fits in minutes; Large trains ~2.5x slower.
+    # The MobileNetV3 variant. Small at 28x28 trains at ~450 images/s on 2 cores, so
+    # the embedded demo fits in minutes; Large trains ~2.5x slower.
     preset: Literal[PRESETS] = "small"
     width: float = 1.0  # torchvision-style width multiplier applied to the preset
     spec: str | None = None  # a spec YAML file; overrides preset and width
@@ -235,8 +235,9 @@ class LutConfig(Section):
 
 @dataclass
 class TrainConfig(Section):
-    # 1000 x 128 images = ~18 epochs of the embedded subset; ~5 min for small-1.0 on 2 cores.
-    steps: int = 1000  # optimiser steps for the base network
+    # Optimiser steps for the base network: 1000 x 128 images = ~18 epochs of the
+    # embedded subset, ~5 min for small-1.0 on 2 cores.
+    steps: int = 1000
     batch_size: int = 128  # images per step, for training and fine-tunes
     lr: float = 0.2  # peak learning rate (SGD with Nesterov momentum, cosine decay)
     momentum: float = 0.9  # SGD Nesterov momentum
@@ -248,7 +249,8 @@ class TrainConfig(Section):
     finetune_lr: float = 0.01  # constant LR of NetAdapt's short-term fine-tunes
     # Fine-tunes (short and long) can learn from the base network's logits too:
     # loss = (1 - alpha) * cross-entropy + alpha * T^2 * KL(base || network at T).
-    # 0 turns it off (the default until measured on and off, issue 16).
+    # 0 turns it off: the default, since on (alpha 0.5) it cost 0.2 points in the
+    # headline's ablation (benchmarks/results/headline/).
     distill_alpha: float = 0.0
     distill_temperature: float = 4.0  # T above
     # After each train/finetune, recompute BN statistics on this many training
