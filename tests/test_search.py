@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import re
 import signal
@@ -151,6 +152,14 @@ def test_the_last_target_is_clamped_to_just_under_the_budget(tiny_spec):
             assert choice[1] <= clamped.target_ms + 1e-12
             assert group.name not in widths or choice[0] >= widths[group.name]
     assert dict((g.name, c[0]) for g, c in clamped.choices if c)["last_conv"] == 56  # one 8-channel step saves 0.8 ms
+    # A schedule target above the floor but under `clamp_from_ms` (within noise of the budget) is set to
+    # the floor too; one above it is left as the schedule asked.
+    snapped = plan_iteration(tiny_spec, groups, current, 3.0, predict, min_proposals=1, max_halvings=0,
+                             floor_ms=current - 3.5, clamp_from_ms=current - 2.5)
+    assert snapped.clamped and snapped.target_ms == pytest.approx(current - 3.5)
+    kept = plan_iteration(tiny_spec, groups, current, 3.0, predict, min_proposals=1, max_halvings=0,
+                          floor_ms=current - 3.5, clamp_from_ms=current - 3.2)
+    assert not kept.clamped and kept.target_ms == pytest.approx(current - 3.0)
 
 
 def test_landings_clamp_each_target_to_just_under_the_next_budget_not_yet_met():
@@ -177,6 +186,65 @@ def test_landings_clamp_each_target_to_just_under_the_next_budget_not_yet_met():
     absolute = load_config(None, ["search.budget_ms=1.05", "search.landings=[2.0]"])
     assert _floor_ms(absolute, state, 1.5, current_ms=2.7) == pytest.approx(2.0 * keep)
     assert _floor_ms(absolute, state, 1.5, current_ms=1.9) == pytest.approx(1.05 * keep)
+
+
+def test_a_target_within_the_margin_over_the_budget_aims_at_the_margin_under_it():
+    from netadapt.config import load_config
+    from netadapt.rundir import SearchState
+    from netadapt.search.loop import _clamp_from_ms, _floor_ms
+
+    state = SearchState(iteration=0, base_ms=3.0, base_predicted_ms=2.0, budget_ms=1.05, measured_ms=3.0,
+                        predicted_ms=3.0, holdout_acc=0.9, base_figures=(3.0,))
+    config = load_config(None, ["search.budget_ratio=0.35", "search.landings=[0.75]"])
+    keep = 1 - config.search.budget_margin
+    # The band is symmetric about the next budget: from its margin under it to as far over it.
+    for current, level in ((2.7, 0.75 * 3.0), (2.0, 0.35 * 3.0)):
+        assert _floor_ms(config, state, 1.5, current) == pytest.approx(level * keep)
+        assert _clamp_from_ms(config, state, 1.5, current) == pytest.approx(level / keep)
+    absolute = load_config(None, ["search.budget_ms=1.05"])
+    assert _clamp_from_ms(absolute, state, 1.5, 2.0) == pytest.approx(1.05 / keep)
+    # The creep floor (the table says under the budget, the measurement over) has no band above it.
+    plain = load_config(None, ["search.budget_ratio=0.35"])
+    creeping = 1.02  # under the table's level (0.35 * 2.0 * 1.5 = 1.05), at 0.364 of the base measured at 2.8
+    state = SearchState(iteration=3, base_ms=2.8, base_predicted_ms=2.0, budget_ms=0.98, measured_ms=creeping,
+                        predicted_ms=creeping, holdout_acc=0.9, base_figures=(2.8,))
+    assert creeping < 1.05 and _floor_ms(plain, state, 1.5, creeping) < creeping
+    assert _clamp_from_ms(plain, state, 1.5, creeping) == _floor_ms(plain, state, 1.5, creeping)
+
+
+def test_a_network_the_table_puts_under_a_ratio_budget_but_the_measurement_over_it_aims_lower_in_whole_steps():
+    from dataclasses import replace
+
+    from netadapt.config import load_config
+    from netadapt.rundir import SearchState
+    from netadapt.search.loop import CREEP_STEP, _creep_steps, _floor_ms
+
+    config = load_config(None, ["search.budget_ratio=0.35"])
+    aim = 0.35 * (1 - config.search.budget_margin)
+    # The table predicts the base at 2.0 ms, 3.0 ms at factor 1.5, so the table's clamp is 1.05 * keep;
+    # the base measured steady at 2.8 ms, so a network calibrated at 1.04 ms measures 0.371 of it.
+    state = SearchState(iteration=3, base_ms=2.8, base_predicted_ms=2.0, budget_ms=0.98, measured_ms=1.04,
+                        predicted_ms=1.04, holdout_acc=0.9, base_figures=(2.8, 2.7, 2.9))
+    steps = math.ceil((1.04 / 2.8 / aim - 1) / CREEP_STEP)
+    assert _creep_steps(config, state, 1.5, 1.04) == steps == 5
+    floor = _floor_ms(config, state, 1.5, current_ms=1.04)
+    assert floor == pytest.approx(1.04 / (1 + steps * CREEP_STEP))
+    assert floor / 2.8 <= aim < floor * (1 + CREEP_STEP) / 2.8  # lands within one step under the aim
+    # Two runs whose measured shares differ by less than a step, inside one, aim at the same share of the
+    # current network, so the same table chooses the same cut.
+    other = replace(state, base_figures=(2.78, 2.7, 2.9))
+    assert _creep_steps(config, other, 1.5, 1.04) == steps
+    assert _floor_ms(config, other, 1.5, 1.04) / 1.04 == pytest.approx(floor / 1.04)
+    # Just over the budget by the measurement: the margin and the excess, in whole steps.
+    assert _creep_steps(config, state, 1.5, 0.351 * 2.8) == math.ceil((0.351 / aim - 1) / CREEP_STEP) == 2
+    # Where the table and the measurement agree, or the network is over the budget by the table too,
+    # or the budget is absolute, the clamp is the table's as before.
+    keep = 1 - config.search.budget_margin
+    assert _creep_steps(config, state, 1.5, 0.34 * 2.8) == 0
+    assert _floor_ms(config, state, 1.5, current_ms=0.34 * 2.8) == pytest.approx(1.05 * keep)
+    assert _creep_steps(config, state, 1.5, 1.2) == 0 and _floor_ms(config, state, 1.5, 1.2) == pytest.approx(1.05 * keep)
+    absolute = load_config(None, ["search.budget_ms=0.98"])
+    assert _creep_steps(absolute, state, 1.5, 1.04) == 0
 
 
 @pytest.mark.parametrize("overrides, message", [

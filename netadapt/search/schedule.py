@@ -94,7 +94,7 @@ class IterationPlan:
     reduction_ms: float  # the reduction finally asked for (after any halvings)
     target_ms: float
     halvings: int
-    clamped: bool  # the target was raised to the budget floor (the last iteration's clamp)
+    clamped: bool  # the target was set to the budget floor (the last iteration's clamp)
     choices: list[tuple[ChannelGroup, tuple[int, float] | None]]
     predict_s: dict[str, float]  # per group, over all tries: predicting, without measuring
     measure_s: dict[str, float]  # per group, over all tries: measuring missing table entries
@@ -123,6 +123,7 @@ def plan_iteration(
     max_halvings: int,
     measure_seconds: Callable[[], float] = lambda: 0.0,
     floor_ms: float = -math.inf,
+    clamp_from_ms: float | None = None,
     fill: Callable[[list[NetSpec]], object] | None = None,
     window: int = 3,
     max_cut_fraction: float = 1.0,
@@ -148,7 +149,10 @@ def plan_iteration(
 
     `floor_ms` clamps the target from below: a search aims no lower than
     just under its budget, so the last iteration lands there instead of a
-    full reduction below it. `fill`, `window` and `max_cut_fraction` go to `choose_width`.
+    full reduction below it. A schedule target under `clamp_from_ms` (default
+    `floor_ms`) is set to `floor_ms` too: one that would land a network within
+    noise of its budget is aimed just under it instead, so the stop test is not
+    a coin toss. `fill`, `window` and `max_cut_fraction` go to `choose_width`.
 
     `removable` lists blocks that may be removed whole (depth proposals,
     `groups.removable_blocks`); each whose removal meets the target is a
@@ -162,9 +166,10 @@ def plan_iteration(
     predict_s = {group.name: 0.0 for group in groups}
     measure_s = dict(predict_s)
     halvings = 0
+    clamp_from_ms = floor_ms if clamp_from_ms is None else max(clamp_from_ms, floor_ms)
     while True:
-        clamped = current_ms - reduction_ms < floor_ms
-        target_ms = max(current_ms - reduction_ms, floor_ms)
+        clamped = current_ms - reduction_ms < clamp_from_ms
+        target_ms = floor_ms if clamped else current_ms - reduction_ms
         choices = []
         for group in groups:
             start, measured_before = time.perf_counter(), measure_seconds()
