@@ -492,11 +492,11 @@ class SearchLoop:
         groups = prunable_groups(spec, config.lut.min_channels, config.lut.granularity)
         prefetch_s = _prefetch(table, spec, groups, config.lut.prefetch_widths)
         current_predicted = search.predict_ms(spec)
+        floor_ms, clamp_from_ms = _budget_floor(config, state, search.calibration.factor, current_predicted)
         plan = plan_iteration(spec, groups, current_predicted, reduction, search.predict_ms,
                               config.search.min_proposals, config.search.max_reduction_halvings,
                               measure_seconds=lambda: table.measure_seconds,
-                              floor_ms=_floor_ms(config, state, search.calibration.factor, current_predicted),
-                              clamp_from_ms=_clamp_from_ms(config, state, search.calibration.factor, current_predicted),
+                              floor_ms=floor_ms, clamp_from_ms=clamp_from_ms,
                               fill=lambda specs: table.fill(specs, progress=False), window=config.lut.prefetch_widths,
                               max_cut_fraction=config.search.max_cut_fraction,
                               removable=removable_blocks(spec) if config.search.depth_proposals else None)
