@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --table: reference units of its gauge (default the table's; 0: no gauge)")
     parser.add_argument("--out", type=Path, default=None, help="write networks.csv and summary.txt here")
     args = parser.parse_args(argv)
+    if args.table and args.separate:
+        parser.error("--table measures the units and the whole networks apart already, as a table does; drop --separate")
 
     shape = parse_shape(args.input)
     torch.set_num_threads(1)  # exports only; keep torch's pool from competing with the measurements

@@ -69,11 +69,7 @@ def load_checkpoint(path: str | Path) -> MobileNetV3:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; train one with `netadapt train`")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for corrupt files (zip, pickle, EOF, runtime)
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: "
-                              f"{quote(str(error), 200)})") from None
+    payload = _torch_load(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(f"{path}: not a netadapt checkpoint (format {quote(found)}, expected {CHECKPOINT_FORMAT!r})")
@@ -150,14 +146,20 @@ def import_torchvision(
     return model.eval()
 
 
+
+def _torch_load(path: Path, what: str, hint: str = "") -> object:
+    """`torch.load(path, weights_only=True)` on the CPU; a file torch cannot read raises CheckpointError
+    naming `path` as not a readable `what`, then `hint`."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for corrupt files (zip, pickle, EOF, runtime)
+        raise CheckpointError(f"{path}: not a readable {what} ({type(error).__name__}: "
+                              f"{quote(str(error), 200)}){hint}") from None
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: state dict file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for corrupt files (zip, pickle, EOF, runtime)
-        raise CheckpointError(f"{path}: not a readable torch file ({type(error).__name__}: "
-                              f"{quote(str(error), 200)}); it must be loadable with weights_only=True") from None
+    payload = _torch_load(path, "torch file", "; it must be loadable with weights_only=True")
     if isinstance(payload, Mapping) and payload.get("format") == CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: already a netadapt checkpoint; use it as model.checkpoint directly")
     if isinstance(payload, Mapping) and isinstance(payload.get("state_dict"), Mapping):

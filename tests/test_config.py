@@ -86,7 +86,7 @@ def test_shipped_configs_load_and_embedded_matches_the_defaults():
 
 
 def _numeric_keys():
-    """Every numeric config field, as (dotted key, "int" or "float"): a list of floats counts as floats."""
+    """Every numeric config field, as (dotted key, "int" or "float", list-valued): a list of floats counts as floats."""
     keys = []
     for section in [None, *dataclasses.fields(Config)]:
         cls = Config if section is None else typing.get_type_hints(Config)[section.name]
@@ -98,7 +98,8 @@ def _numeric_keys():
             kinds |= {a for k in kinds for a in typing.get_args(k)}
             kind = "int" if int in kinds else "float" if float in kinds else None
             if kind and not dataclasses.is_dataclass(hints[f.name]) and typing.get_origin(hints[f.name]) is not Literal:
-                keys.append((f.name if section is None else f"{section.name}.{f.name}", kind))
+                is_list = any(typing.get_origin(k) in (list, tuple) for k in kinds)
+                keys.append((f.name if section is None else f"{section.name}.{f.name}", kind, is_list))
     return keys
 
 
@@ -106,16 +107,20 @@ NUMERIC_KEYS = _numeric_keys()
 
 
 def test_every_numeric_field_is_found():
-    keys = dict(NUMERIC_KEYS)
+    keys = {key: kind for key, kind, _ in NUMERIC_KEYS}
     assert len(keys) > 50 and keys["train.lr"] == "float" and keys["target.retries"] == "int"
     assert keys["data.mean"] == "float" and keys["search.budget_ms"] == "float" and "data.channels" not in keys
 
 
-@pytest.mark.parametrize("key, kind", NUMERIC_KEYS)
-def test_every_numeric_field_is_range_checked_naming_the_key(key, kind):
+def test_list_valued_fields_are_found():
+    assert {key for key, _, is_list in NUMERIC_KEYS if is_list} >= {"data.mean", "data.std", "search.landings"}
+
+
+@pytest.mark.parametrize("key, kind, is_list", NUMERIC_KEYS)
+def test_every_numeric_field_is_range_checked_naming_the_key(key, kind, is_list):
     # No numeric setting accepts a negative value, nor any setting NaN or infinity.
-    wrap = (lambda text: f"[{text}]") if key in ("data.mean", "data.std", "search.landings") else (lambda text: text)
-    index = r"\[0\]" if key in ("data.mean", "data.std", "search.landings") else ""
+    wrap = (lambda text: f"[{text}]") if is_list else (lambda text: text)
+    index = r"\[0\]" if is_list else ""
     must = f"--set: {key}{index} must be {'an integer' if kind == 'int' else 'a finite number'}"
     for value in (".nan", ".inf", "-.inf"):
         with pytest.raises(ConfigError, match=must):

@@ -50,3 +50,10 @@ def test_the_script_measures_units_pairs_and_networks_and_writes_each_network(tm
     assert (frame[["measured_ms", "single_sum_ms", "pair_sum_ms"]] > 0).all().all()
     assert (frame["single_sum_ms"] > frame["measured_ms"]).all(), "each unit alone pays a session's overhead"
     assert "pairs, raw inclusion-exclusion" in capsys.readouterr().out
+
+
+def test_table_mode_refuses_separate_rather_than_ignoring_it(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        _script().main(["--table", "--separate"])
+    assert stopped.value.code == 2
+    assert "--table measures the units and the whole networks apart already" in capsys.readouterr().err
