@@ -124,6 +124,38 @@ def test_on_demand_fill_measures_once_and_saves(tmp_path, tiny_spec):
     assert measurer.calls == 7  # only the changed block is new
 
 
+def test_whole_networks_are_measured_on_both_sides_of_the_fill(tmp_path, tiny_spec):
+    # Half the passes before `between` (the entries' fill), the rest after it; one pass all after.
+    measurer = CountingMeasurer()
+    table = LatencyTable.open(tmp_path / "lut.csv", measurer, SHAPE, reference_units=0)  # every call is one model
+    specs = [tiny_spec, tiny_spec.replace(head_hidden=16)]
+    seen: list[int] = []
+    passes = table.measure_networks_around(specs, 5, lambda: seen.append(measurer.calls))
+    assert seen == [2 * len(specs)] and len(passes) == 5 and measurer.calls == 5 * len(specs)
+    assert all(len(one) == len(specs) for one in passes)
+    seen.clear()
+    assert len(table.measure_networks_around(specs, 1, lambda: seen.append(measurer.calls))) == 1
+    assert seen == [5 * len(specs)]
+
+
+def test_fit_correction_measures_whole_networks_before_and_after_filling_entries(tmp_path, tiny_spec):
+    table = None
+    entries_at_call: list[int] = []
+
+    class Watching(CountingMeasurer):
+        def measure(self, onnx_bytes: bytes) -> Measurement:
+            entries_at_call.append(len(table.entries))
+            return super().measure(onnx_bytes)
+
+    table = LatencyTable.open(tmp_path / "lut.csv", Watching(), SHAPE, reference_units=0)
+    specs = [tiny_spec, tiny_spec.replace(head_hidden=16)]
+    table.fit_correction(specs, repeats=4)
+    units = len(table.entries)
+    assert units > 0 and len(entries_at_call) == 4 * len(specs) + units
+    assert entries_at_call[: 2 * len(specs)] == [0] * (2 * len(specs))  # two passes before any entry
+    assert entries_at_call[-2 * len(specs):] == [units] * (2 * len(specs))  # two after all of them
+
+
 def test_save_load_round_trip_is_atomic(tmp_path, tiny_spec):
     path = tmp_path / "lut.csv"
     measurer = CountingMeasurer()

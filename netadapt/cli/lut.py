@@ -13,7 +13,7 @@ import dataclasses
 import random
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from netadapt.cli.bench import Resolved, add_target_arguments, resolve
 from netadapt.config import load_config
@@ -36,7 +36,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--passes", type=int,
         help="measure each new entry / whole network in this many passes, keeping the best "
-             "(default: lut.entry_passes, 2, for entries and lut.network_passes, 4, for whole networks)",
+             "(default: lut.entry_passes, 2, for entries and lut.network_passes, 8, for whole networks)",
     )
     parser.add_argument(
         "--network-seconds", type=float, metavar="S",
@@ -107,8 +107,11 @@ def _network_passes(args: argparse.Namespace, resolved: Resolved) -> int:
     return args.passes if args.passes is not None else resolved.config.lut.network_passes
 
 
-def _measure_whole(args: argparse.Namespace, resolved: Resolved, table: LatencyTable, specs: list[NetSpec]) -> list[Measurement]:
-    """The specs measured whole and gauged, in the network passes (best kept), for `--network-seconds` each.
+def _measure_whole(args: argparse.Namespace, resolved: Resolved, table: LatencyTable, specs: list[NetSpec],
+                   between: Callable[[], object]) -> list[Measurement]:
+    """The specs measured whole and gauged, for `--network-seconds` each, in the network passes: half
+    before `between()` (the entries' fill) and half after it (`LatencyTable.measure_networks_around`),
+    each network's best kept.
 
     Only the measuring time differs from the table's measurer, so the
     fingerprint (and thus the table) is the same.
@@ -122,13 +125,19 @@ def _measure_whole(args: argparse.Namespace, resolved: Resolved, table: LatencyT
             raise ConfigError(f"--network-seconds must be >= 0, got {args.network_seconds}")
         measure_cfg = dataclasses.replace(resolved.config.measure, min_seconds=args.network_seconds)
         measurer = make_measurer(resolved.config.target, measure_cfg, resolved.input_shape)
-    return best_of(table.measure_networks(specs, _network_passes(args, resolved), measurer))
+    return best_of(table.measure_networks_around(specs, _network_passes(args, resolved), between, measurer))
 
 
-def _fit(args: argparse.Namespace, resolved: Resolved, table: LatencyTable, specs: list[NetSpec], floor: NetSpec) -> Correction:
-    """Fit the correction on `specs`, measured whole; `floor` (the search space's) must predict positive."""
-    table.fill(specs + [floor], progress=True, passes=_entry_passes(args, resolved))  # entries first, so no measurement overlaps them
-    return table.fit_correction(specs, measured=_measure_whole(args, resolved, table, specs), unfitted=[floor])
+def _fit(args: argparse.Namespace, resolved: Resolved, table: LatencyTable, specs: list[NetSpec], floor: NetSpec,
+         fill_first: Callable[[], object] = lambda: None) -> Correction:
+    """Fit the correction on `specs`, measured whole around `fill_first()` and the fill of their own
+    entries; `floor` (the search space's) must predict positive."""
+
+    def fill() -> None:
+        fill_first()
+        table.fill(specs + [floor], progress=True, passes=_entry_passes(args, resolved))
+
+    return table.fit_correction(specs, measured=_measure_whole(args, resolved, table, specs, fill), unfitted=[floor])
 
 
 def build_command(args: argparse.Namespace) -> int:
@@ -144,16 +153,22 @@ def build_command(args: argparse.Namespace) -> int:
     if args.rebuild:
         print(f"re-measuring all {len(table)} entries under new reference units")
         table.rebuild()
-    start = time.perf_counter()
-    measured = table.fill(specs, progress=True, passes=_entry_passes(args, resolved))
-    elapsed = time.perf_counter() - start
-    rate = measured / elapsed if elapsed > 0 and measured else 0.0
-    print(f"measured {measured} entries in {elapsed:.1f} s ({rate:.2f} entries/s); table now holds {len(table)}")
+
+    def fill_first_iteration() -> None:
+        start = time.perf_counter()
+        measured = table.fill(specs, progress=True, passes=_entry_passes(args, resolved))
+        elapsed = time.perf_counter() - start
+        rate = measured / elapsed if elapsed > 0 and measured else 0.0
+        print(f"measured {measured} entries in {elapsed:.1f} s ({rate:.2f} entries/s); table now holds {len(table)}")
+
     samples = args.fit_samples if args.fit_samples is not None else resolved.config.lut.correction_samples
     if samples > 0:
+        # The correction's networks are measured whole before and after the long fill (see _measure_whole).
         correction = _fit(args, resolved, table, calibration_specs(base, samples, granularity, min_channels, seed),
-                          lower_bound_spec(base, min_channels, granularity))
+                          lower_bound_spec(base, min_channels, granularity), fill_first_iteration)
         print(f"correction for {network_key(base, resolved.input_shape)} ({correction.form}): {correction.describe()}")
+    else:
+        fill_first_iteration()
     print(f"base predicted {table.predict_ms(base):.3f} ms")
     return 0
 
@@ -187,8 +202,8 @@ def validate_command(args: argparse.Namespace) -> int:
     path_cuts = trajectory_specs(base, args.trajectory, random.Random(f"validate-path-{seed}"), granularity, min_channels)
     removed = removal_specs(base, args.removals, random.Random(f"validate-removals-{seed}"), granularity, min_channels)
     specs = random_cuts + path_cuts + removed
-    table.fill(specs, progress=True, passes=_entry_passes(args, resolved))
-    frame = validate(table, specs, measured=_measure_whole(args, resolved, table, specs))
+    frame = validate(table, specs, measured=_measure_whole(
+        args, resolved, table, specs, lambda: table.fill(specs, progress=True, passes=_entry_passes(args, resolved))))
     frame.insert(1, "kind", ["random"] * len(random_cuts) + ["trajectory"] * len(path_cuts) + ["removal"] * len(removed))
     if args.out:
         from netadapt.io import atomic_write_text

@@ -526,6 +526,24 @@ class LatencyTable:
         return measure_onnx_passes(models, measurer or self.measurer, passes,
                                    lambda batch: self.measure_gauged(batch, measurer, candidates=candidates)[0])
 
+    def measure_networks_around(
+        self, specs: list[NetSpec], passes: int, between: Callable[[], object], measurer: Measurer | None = None
+    ) -> list[list[Measurement]]:
+        """`measure_networks` with its passes split around `between()`: half before it, the rest after.
+
+        `between` is the entries' fill, minutes long on a large target. A whole
+        MobileNetV3-Large at 224 px streams 22 MB of weights, and on a shared
+        host its figure moves by up to 13% over minutes (a median 3.7%) while its
+        units (and the table's gauge) move by 0.3%; passes on both sides of the fill give each
+        network's best figure two moments to come from, where back-to-back
+        passes see one (benchmarks/results/lut_targets/, 2026-12-03 probe).
+        Returns one list per pass, in `specs` order, as `measure_networks`.
+        """
+        early = passes // 2
+        first = self.measure_networks(specs, early, measurer) if early and specs else []
+        between()
+        return first + self.measure_networks(specs, max(1, passes - early), measurer)
+
     # ------------------------------------------------------------ prediction
     def _layout(self, spec: NetSpec) -> tuple[list[str], float, float]:
         # A search predicts the same specs over and over; building their units
@@ -609,7 +627,9 @@ class LatencyTable:
             specs: networks of one family (same block count and input); a few
                 of different sizes, e.g. `calibration_specs`.
             repeats: whole-network measurements per spec, in separate passes
-                over all specs; the best (lowest) is used, as for the entries.
+                over all specs, half before the entries are filled and half
+                after (`measure_networks_around`); the best (lowest) is used,
+                as for the entries.
             measured: the specs' gauged whole-network measurements, if the
                 caller already has them (`measure_networks`); then nothing is
                 measured here.
@@ -628,8 +648,15 @@ class LatencyTable:
         unfitted = unfitted or []
         if {network_key(s, self.input_shape) for s in unfitted} - {family}:  # type: ignore[arg-type]
             raise LatencyTableError(f"fit_correction: the unfitted networks are not all of the family {family}")
-        self.fill(specs + unfitted, progress=False)  # entries first, so no whole measurement waits on them
-        whole = measured or best_of(self.measure_networks(specs, repeats))
+
+        def fill_entries() -> None:  # between whole passes, never during one: no whole measurement waits on an entry
+            self.fill(specs + unfitted, progress=False)
+
+        if measured is None:
+            whole = best_of(self.measure_networks_around(specs, repeats, fill_entries))
+        else:
+            fill_entries()
+            whole = measured
         for statistic in STATISTICS:
             sums = [self.raw_sum_ms(spec, statistic) for spec in specs]
             figures = [m.statistic_ms(statistic) for m in whole]

@@ -185,8 +185,9 @@ def validate(
         table: the table under test; its corrections should be fitted on other specs.
         specs: the networks to compare on.
         progress: show progress bars.
-        passes: whole-network measurements per spec, in separate passes; the
-            best is used (gauged: `LatencyTable.measure_networks`).
+        passes: whole-network measurements per spec, in separate passes, half
+            before the fill and half after; the best is used (gauged:
+            `LatencyTable.measure_networks_around`).
         measured: the specs' whole-network measurements, if the caller already
             has them (e.g. taken with longer measuring settings than the
             entries'); then nothing is measured whole here.
@@ -201,8 +202,11 @@ def validate(
     """
     if measured is not None and len(measured) != len(specs):
         raise LatencyTableError(f"validate: {len(measured)} measurements for {len(specs)} specs")
-    table.fill(specs, progress=progress)
-    measured_all = measured or best_of(table.measure_networks(specs, passes))
+    if measured is None:
+        measured_all = best_of(table.measure_networks_around(specs, passes, lambda: table.fill(specs, progress=progress)))
+    else:
+        table.fill(specs, progress=progress)
+        measured_all = measured
     rows = []
     for index, (spec, measured) in enumerate(zip(specs, measured_all)):
         start = time.perf_counter()
