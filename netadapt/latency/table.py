@@ -533,10 +533,11 @@ class LatencyTable:
 
         `between` is the entries' fill, minutes long on a large target. A whole
         MobileNetV3-Large at 224 px streams 22 MB of weights, and on a shared
-        host its figure moves by up to 13% over minutes (a median 3.7%) while its
-        units (and the table's gauge) move by 0.3%; passes on both sides of the fill give each
-        network's best figure two moments to come from, where back-to-back
-        passes see one (benchmarks/results/lut_targets/, 2026-12-03 probe).
+        host its figure moves by up to 13% over minutes (a median 3.7%) while
+        its units (and the table's gauge) move by 0.3%. Passes on both sides of
+        the fill give each network's best figure two moments to come from,
+        where back-to-back passes see one (benchmarks/results/lut_targets/,
+        "Why Large misses").
         Returns one list per pass, in `specs` order, as `measure_networks`.
         """
         early = passes // 2
